@@ -1,0 +1,8 @@
+"""raptor_zoo: Raptors, block-recurrent surrogates of Vision Transformers (Jacobs et al., arXiv 2512.19941).
+
+Importing the package registers the Raptor architectures (and the embedded digits teacher) in timm's registry.
+"""
+from .models import *  # noqa: F401,F403  (registers timm entrypoints)
+from .models.raptor_vit import RaptorVisionTransformer
+
+__version__ = "0.1.0"

@@ -1,0 +1,320 @@
+"""The timm contract (after timm's tests/test_models.py) for the registered Raptor architectures."""
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import timm
+from safetensors.torch import load_file, save_file
+from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+
+import raptor_zoo  # noqa: F401  (registers the architectures)
+from raptor_zoo.flops import count_flops, count_params
+from raptor_zoo.models.raptor_vit import (
+    RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit, even_block_schedule, scaled_paper_schedule,
+    validate_block_schedule)
+
+IMG = 42  # 3x3 patches of 14 px: keeps the full contract fast on 2 CPU cores
+# representative subset: ViT-S and ViT-B teachers, k = 2 and 3, with and without registers
+FULL_CONTRACT = [
+    'raptor_vit_small_patch14_reg4_dinov2_k2',
+    'raptor_vit_small_patch14_dinov2_k3',
+    'raptor_vit_base_patch14_reg4_dinov2_k3',
+    'raptor_vit_base_patch14_dinov2_k2',
+]
+NON_GIANT = [a for a in timm.list_models('raptor_*') if 'giant' not in a and 'large' not in a]
+LARGE = [a for a in timm.list_models('raptor_*') if 'giant' in a or 'large' in a]
+
+
+def _create(name: str, **kwargs) -> RaptorVisionTransformer:
+    return timm.create_model(name, img_size=IMG, **kwargs)
+
+
+def test_registry_lists_every_teacher_and_k():
+    archs = timm.list_models('raptor_*')
+    assert len(archs) == 24 == len(RAPTOR_ARCHS)
+    assert timm.list_pretrained('raptor_*') == []  # nothing published yet: no cfg names a weight source
+    with pytest.raises(RuntimeError, match='No pretrained weights exist'):
+        timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', pretrained=True)
+
+
+def test_acceptance_command_shape():
+    m = timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2')
+    assert len(m.blocks) == 2 and sum(m.block_schedule) == 12
+    assert m(torch.randn(1, 3, 224, 224)).shape == (1, m.num_features)
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT)
+def test_model_forward(name):
+    model = _create(name, num_classes=7).eval()
+    out = model(torch.randn(2, 3, IMG, IMG))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT)
+def test_model_backward(name):
+    model = _create(name, num_classes=7).train()
+    out = model(torch.randn(2, 3, IMG, IMG))
+    out.mean().backward()
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.grad is None]
+    assert not missing, f'no gradient for {missing}'
+    # depth-scale gates start at zero but must learn: the gradient on their last layer is non-zero
+    assert model.blocks[0].depth_scale.fc2.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT)
+def test_model_default_cfg(name):
+    model = _create(name, num_classes=5)
+    cfg = model.pretrained_cfg
+    for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'first_conv', 'classifier', 'notes'):
+        assert key in cfg, key
+    assert cfg['input_size'] == (3, 224, 224)
+    state_dict = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in state_dict
+    assert cfg['classifier'] + '.weight' in state_dict
+    assert any(n.startswith('schedule_source: ') for n in cfg['notes'])
+    x = torch.randn(2, 3, IMG, IMG)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_prefix_tokens + (IMG // 14) ** 2, model.num_features)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+    model.reset_classifier(3, global_pool='avg')
+    assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT)
+def test_model_forward_intermediates(name):
+    model = _create(name).eval()
+    x = torch.randn(2, 3, IMG, IMG)
+    final, intermediates = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert len(intermediates) == model.depth == 12 == len(model.feature_info)
+    grid = IMG // 14
+    assert all(t.shape == (2, model.embed_dim, grid, grid) for t in intermediates)
+    # the last intermediate, normed, is the final feature map's patch tokens
+    last = model.forward_intermediates(x, indices=1, norm=True, output_fmt='NLC', intermediates_only=True)[0]
+    torch.testing.assert_close(last, final[:, model.num_prefix_tokens:])
+    # stop_early yields the same intermediates as a full pass
+    early = model.forward_intermediates(x, indices=[2, 7], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(early[0], intermediates[2])
+    torch.testing.assert_close(early[1], intermediates[7])
+    as_dict = model.forward_intermediates(x, indices=[0], output_dict=True, return_prefix_tokens=True)
+    assert set(as_dict) == {'image_features', 'image_intermediates', 'image_intermediates_prefix'}
+    with pytest.raises(AssertionError, match='out of range'):  # timm's own range check
+        model.forward_intermediates(x, indices=[12])
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT[:2])
+def test_model_features_only(name):
+    out_indices = (2, 6, 11)
+    model = _create(name, features_only=True, out_indices=out_indices).eval()
+    x = torch.randn(2, 3, IMG, IMG)
+    feats = model(x)
+    assert len(feats) == 3
+    assert model.feature_info.channels() == [model.model.embed_dim] * 3
+    assert model.feature_info.reduction() == [14] * 3
+    assert all(f.shape[-2:] == (IMG // 14, IMG // 14) for f in feats)
+    reference = _create(name).eval()
+    backbone_state = {k.removeprefix('model.'): v for k, v in model.state_dict().items()}
+    missing, unexpected = reference.load_state_dict(backbone_state, strict=False)
+    assert not unexpected and all(k.split('.')[0] in ('head', 'norm') for k in missing)  # pruned by the wrapper
+    expected = reference.forward_intermediates(x, indices=list(out_indices), intermediates_only=True)
+    for got, want in zip(feats, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_prune_shortens_schedule_not_blocks():
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2').eval()
+    x = torch.randn(2, 3, IMG, IMG)
+    full = model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+    kept = model.prune_intermediate_layers(indices=[3])
+    assert kept == [3]
+    assert model.block_schedule == (4, 0) and model.depth == 4 and len(model.blocks) == 2
+    torch.testing.assert_close(model.forward_intermediates(x, indices=[3], intermediates_only=True)[0], full)
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT[:2])
+def test_model_forward_torchscript(name):
+    model = _create(name, num_classes=4).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, IMG, IMG)
+    torch.testing.assert_close(scripted(x), model(x))
+    torch.testing.assert_close(scripted(x, num_steps=5), model(x, num_steps=5))
+
+
+@pytest.mark.parametrize('name', FULL_CONTRACT[:2])
+def test_model_forward_fx(name):
+    model = _create(name, num_classes=4).eval()
+    _, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = torch.randn(2, 3, IMG, IMG)
+    torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x))
+
+
+@pytest.mark.parametrize('name', NON_GIANT)
+def test_every_registered_arch_builds_and_runs(name):
+    spec = RAPTOR_ARCHS[name]
+    model = _create(name).eval()
+    assert len(model.blocks) == spec['k'] and model.block_schedule == spec['block_schedule']
+    assert model(torch.randn(1, 3, IMG, IMG)).shape == (1, model.num_features)
+
+
+@pytest.mark.parametrize('name', LARGE)
+def test_large_archs_on_meta(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, model.num_features)
+    assert sum(model.block_schedule) == (24 if 'large' in name else 40)
+
+
+def test_state_dict_holds_k_blocks_once_and_round_trips(tmp_path):
+    model = _create('raptor_vit_base_patch14_reg4_dinov2_k3', num_classes=3).eval()
+    state_dict = model.state_dict()
+    block_ids = {k.split('.')[1] for k in state_dict if k.startswith('blocks.')}
+    assert block_ids == {'0', '1', '2'}
+    pointers = [t.data_ptr() for t in state_dict.values()]
+    assert len(pointers) == len(set(pointers)), 'no tensor may be shared between keys'
+    path = tmp_path / 'model.safetensors'
+    save_file(state_dict, str(path))  # safetensors refuses aliased tensors
+    fresh = _create('raptor_vit_base_patch14_reg4_dinov2_k3', num_classes=3).eval()
+    fresh.load_state_dict(load_file(str(path)), strict=True)
+    x = torch.randn(1, 3, IMG, IMG)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_depth_scale_starts_as_identity():
+    """With zero-initialised gates a Raptor block computes exactly timm's Block."""
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2').eval()
+    plain = _create('raptor_vit_small_patch14_reg4_dinov2_k2', t_scale=False).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if 'depth_scale' not in k})
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(model(x), plain(x))
+
+
+def test_anytime_inference_and_errors():
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2', num_classes=3).eval()
+    x = torch.randn(2, 3, IMG, IMG)
+    after_5 = model.forward_intermediates(x, indices=[4], norm=True, output_fmt='NLC', intermediates_only=True,
+                                          return_prefix_tokens=True)[0]
+    features = model.forward_features(x, num_steps=5)
+    torch.testing.assert_close(features[:, 0], after_5[1][:, 0])
+    assert model(x, num_steps=5).shape == (2, 3)
+    assert not torch.allclose(model(x, num_steps=5), model(x))
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match='num_steps'):
+            model(x, num_steps=bad)
+
+
+def test_grad_checkpointing_matches():
+    torch.manual_seed(0)
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2', num_classes=3).train()
+    x = torch.randn(2, 3, IMG, IMG)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_drop_path_ramps_over_unrolled_steps():
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2', drop_path_rate=0.2)
+    assert len(model.step_drop_path) == 12
+    assert model.step_drop_path[0] == 0. and model.step_drop_path[-1] == pytest.approx(0.2)
+    model.train()
+    x = torch.randn(4, 3, IMG, IMG)
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    b = model(x)
+    assert not torch.allclose(a, b)  # sampled per application in training
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+@pytest.mark.parametrize('pool', ['token', 'avg', 'cls_avg'])
+def test_head_pooling(pool):
+    model = _create('raptor_vit_small_patch14_reg4_dinov2_k2', num_classes=6, global_pool=pool).eval()
+    x = torch.randn(2, 3, IMG, IMG)
+    feats = model.forward_features(x)
+    pre = model.forward_head(feats, pre_logits=True)
+    assert model.num_features == model.embed_dim
+    if pool == 'cls_avg':
+        assert model.head_hidden_size == 2 * model.embed_dim
+        expected = torch.cat([feats[:, 0], feats[:, model.num_prefix_tokens:].mean(1)], dim=-1)
+        torch.testing.assert_close(pre, expected)
+    assert model.head.in_features == model.head_hidden_size
+    assert model(x).shape == (2, 6)
+
+
+def test_flops_match_teacher_for_every_registered_pair():
+    """FLOP parity with the teacher block type (math SDPA on the meta device, DESIGN §4)."""
+    for arch, spec in RAPTOR_ARCHS.items():
+        with torch.device('meta'):
+            raptor = timm.create_model(arch)
+            teacher = timm.create_model(spec['teacher'], img_size=224)
+        ratio = count_flops(raptor, (3, 224, 224)) / count_flops(teacher, (3, 224, 224))
+        assert abs(ratio - 1.0) <= 0.005, (arch, ratio)
+
+
+def test_swiglu_block_costs_about_1_3x():
+    with torch.device('meta'):
+        raptor = timm.create_model('raptor_vit_base_patch14_reg4_dinov2_k2', block_type='swiglu')
+        teacher = timm.create_model('vit_base_patch14_reg4_dinov2', img_size=224)
+    ratio = count_flops(raptor, (3, 224, 224)) / count_flops(teacher, (3, 224, 224))
+    assert 1.25 < ratio < 1.35
+    # the paper's block: 9.49M parameters at D = 768 (method.md §3.1), without the depth-scale MLP
+    block = raptor.blocks[0]
+    params = count_params(block) - count_params(block.depth_scale)
+    assert abs(params - 9_490_976) / 9_490_976 < 0.01
+
+
+def test_parameter_reduction_vit_s_k2():
+    raptor = timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2')
+    teacher = timm.create_model('vit_small_patch14_reg4_dinov2', img_size=224, num_classes=0)
+    ratio = count_params(teacher) / count_params(raptor)
+    assert 5.3 < ratio < 5.7
+
+
+def test_builder_for_any_timm_vit():
+    model = create_raptor_from_vit('vit_tiny_patch16_224', k=3, img_size=32, num_classes=2)
+    assert model.block_schedule == (7, 3, 2) and model.embed_dim == 192
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+    deit = create_raptor_from_vit('deit_tiny_patch16_224', block_schedule=(6, 6), img_size=32)
+    assert deit.depth == 12
+    odd = create_raptor_from_vit('vit_tiny_patch16_224', k=5, img_size=32)
+    assert odd.block_schedule == (3, 3, 2, 2, 2)
+
+
+def test_schedule_helpers():
+    assert scaled_paper_schedule(12, 2) == (7, 5)
+    assert scaled_paper_schedule(12, 3) == (7, 3, 2)
+    assert scaled_paper_schedule(12, 4) == (4, 3, 3, 2)
+    assert scaled_paper_schedule(24, 3) == (14, 6, 4)
+    assert scaled_paper_schedule(4, 4) == (1, 1, 1, 1)
+    assert even_block_schedule(12, 5) == (3, 3, 2, 2, 2)
+    assert validate_block_schedule([7, 5], 12) == (7, 5)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match='sums to 11'):
+        RaptorVisionTransformer(block_schedule=(6, 5), depth=12, img_size=28, patch_size=14, embed_dim=32, num_heads=2)
+    with pytest.raises(ValueError, match='repeat counts >= 1'):
+        RaptorVisionTransformer(block_schedule=(12, 0))
+    with pytest.raises(ValueError, match='out of range'):
+        create_raptor_from_vit('vit_tiny_patch16_224', k=13, img_size=32)
+    with pytest.raises(ValueError, match='out of range'):
+        create_raptor_from_vit('vit_tiny_patch16_224', k=0, img_size=32)
+    with pytest.raises(TypeError, match='VisionTransformer'):
+        create_raptor_from_vit(timm.create_model('resnet18'), k=2)
+    with pytest.raises(ValueError, match='Unknown timm teacher'):
+        create_raptor_from_vit('not_a_model', k=2)
+    with pytest.raises(ValueError, match='not divisible by patch_size'):
+        timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', img_size=225)
+    with pytest.raises(ValueError, match="block_type"):
+        timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', block_type='mamba')
