@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerScale, Mlp, SwiGLUPacked, calculate_drop_path_rates, drop_path, resample_abs_pos_embed
+from timm.layers import get_act_layer, GELUTanh, LayerNorm, LayerScale, Mlp, QuickGELU, RmsNorm, SwiGLUPacked, calculate_drop_path_rates, drop_path, resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
@@ -41,6 +41,7 @@ PAPER_PHASE_BOUNDARIES: Dict[int, Tuple[int, ...]] = {2: (7,), 3: (7, 10), 4: (4
 PAPER_DEPTH = 12
 
 BlockType = Literal['teacher', 'swiglu']
+InitMode = Literal['middle', 'first', 'mean', 'random']
 GlobalPool = Literal['', 'token', 'avg', 'cls_avg']
 
 
@@ -84,6 +85,58 @@ def scaled_paper_schedule(depth: int, k: int) -> Tuple[int, ...]:
         boundaries.append(scaled)
     boundaries.append(depth)
     return tuple(b - a for a, b in zip(boundaries[:-1], boundaries[1:]))
+
+
+# layer choices by name, so that model_args are JSON-able (config.json) and rebuild the same modules
+MLP_LAYERS: Dict[str, Type[nn.Module]] = {'mlp': Mlp, 'swiglu_packed': SwiGLUPacked}
+ACT_LAYERS: Dict[str, Type[nn.Module]] = {
+    'gelu': nn.GELU, 'gelu_tanh': GELUTanh, 'quick_gelu': QuickGELU, 'silu': nn.SiLU, 'relu': nn.ReLU}
+NORM_LAYERS: Dict[str, Type[nn.Module]] = {'layernorm': LayerNorm, 'rmsnorm': RmsNorm}
+# other classes computing the same function as a named layer (timm's GELU, torch's LayerNorm)
+_LAYER_ALIASES: Dict[type, str] = {get_act_layer('gelu'): 'gelu', nn.LayerNorm: 'layernorm'}
+
+
+def _layer_name(layer: Any, table: Dict[str, Type[nn.Module]], arg: str) -> Optional[str]:
+    if layer is None or isinstance(layer, str):
+        if isinstance(layer, str) and layer not in table:
+            raise ValueError(f'{arg}={layer!r} is not supported; choose one of {sorted(table)}.')
+        return layer
+    for name, candidate in table.items():
+        if layer is candidate:
+            return name
+    cls = layer.func if isinstance(layer, partial) else layer
+    for name, candidate in table.items():
+        if cls is candidate:
+            return name
+    if cls in _LAYER_ALIASES:
+        return _LAYER_ALIASES[cls]
+    raise ValueError(f'{arg}={cls.__name__} is not supported; choose one of {sorted(table)}.')
+
+
+def _split_layer_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Turn layer arguments (classes, partials or names) into (module kwargs, JSON-able names + norm_eps)."""
+    json_args = dict(kwargs)
+    module_args = dict(kwargs)
+    norm_layer = kwargs.get('norm_layer')
+    norm_eps = kwargs.pop('norm_eps', None)
+    if isinstance(norm_layer, partial) and 'eps' in norm_layer.keywords:
+        norm_eps = norm_layer.keywords['eps'] if norm_eps is None else norm_eps
+    json_args.pop('norm_eps', None)
+    module_args.pop('norm_eps', None)
+    for arg, table in (('mlp_layer', MLP_LAYERS), ('act_layer', ACT_LAYERS), ('norm_layer', NORM_LAYERS)):
+        if arg in kwargs:
+            name = _layer_name(kwargs[arg], table, arg)
+            json_args[arg] = name
+            module_args[arg] = table[name] if name is not None else None
+    if norm_eps is not None:
+        json_args['norm_eps'] = norm_eps
+        module_args['norm_layer'] = partial(NORM_LAYERS[json_args.get('norm_layer') or 'layernorm'], eps=norm_eps)
+    if 'mlp_layer' in module_args and module_args['mlp_layer'] is None:
+        module_args.pop('mlp_layer')
+    for key, value in json_args.items():
+        if isinstance(value, tuple):
+            json_args[key] = list(value)
+    return module_args, json_args
 
 
 def _check_img_size(img_size: Any, patch_size: Any, dynamic_img_pad: bool) -> None:
@@ -159,6 +212,7 @@ class RaptorVisionTransformer(VisionTransformer):
     (DINOv2's linear-probe head, 2·D inputs).
     """
     __jit_unused_properties__ = ['step_block_indices', 'phase_boundaries']
+    __jit_ignored_attributes__ = ['model_args', 'raptor_meta']
 
     def __init__(
             self,
@@ -186,6 +240,7 @@ class RaptorVisionTransformer(VisionTransformer):
         if 'block_fn' in kwargs:
             raise ValueError('RaptorVisionTransformer builds its own blocks; block_fn is not accepted.')
         schedule = validate_block_schedule(block_schedule, depth)
+        kwargs, json_args = _split_layer_args(kwargs)
         if block_type not in ('teacher', 'swiglu'):
             raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {block_type!r}.")
         if block_type == 'swiglu':
@@ -201,6 +256,12 @@ class RaptorVisionTransformer(VisionTransformer):
         _check_img_size(kwargs.get('img_size', 224), kwargs.get('patch_size', 16), kwargs.get('dynamic_img_pad', False))
         self.block_schedule: Tuple[int, ...] = schedule
         self.depth = sum(schedule)  # L, the number of block applications
+        # JSON-able constructor arguments: RaptorVisionTransformer(**model_args) rebuilds this architecture
+        self.model_args: Dict[str, Any] = dict(
+            json_args, block_schedule=list(schedule), block_type=block_type, t_scale=t_scale,
+            global_pool=global_pool, drop_path_rate=drop_path_rate, fc_norm=fc_norm)
+        # provenance written to config.json and model cards: teacher id, schedule source, phases, ...
+        self.raptor_meta: Dict[str, Any] = {}
         self.block_type = block_type
         self.t_scale = t_scale
         super().__init__(
@@ -233,6 +294,94 @@ class RaptorVisionTransformer(VisionTransformer):
         for n in self.block_schedule:
             ends.append(ends[-1] + n)
         return tuple(ends)
+
+    @classmethod
+    def from_teacher(
+            cls,
+            teacher: Any,
+            k: Optional[int] = None,
+            block_schedule: Optional[Union[Sequence[int], str]] = None,
+            images: Optional[Any] = None,
+            block_type: BlockType = 'teacher',
+            init: Optional[InitMode] = None,
+            phase_kwargs: Optional[Dict[str, Any]] = None,
+            **kwargs: Any,
+    ) -> 'RaptorVisionTransformer':
+        """A Raptor initialised from a teacher: embedding, final norm and head copied, block j from phase j.
+
+        Args:
+            teacher: a `raptor_zoo.teachers.Teacher`, or anything `load_teacher` accepts (timm name, Hub repo id,
+                folder, 'digits-vit', a timm or transformers ViT module).
+            k: number of unique blocks. With `images`, phases are discovered on them (`phases.discover`);
+                without, the depth is split evenly (largest remainder) with a warning.
+            block_schedule: explicit repeat counts (win over k), or "auto" for phase discovery on `images`.
+            images: normalised image batches (a tensor or an iterable of tensors) for phase discovery.
+            block_type: 'teacher' (the teacher's block; exact FLOP parity) or 'swiglu' (the paper's block).
+            init: how block j is initialised from the teacher layers of phase j: 'middle' (lower median layer;
+                default for the teacher block type), 'first', 'mean' (parameter-wise mean), or 'random'
+                (default and only choice for 'swiglu').
+            phase_kwargs: extra arguments for `phases.discover` (metric, algorithm, batch_size, ...).
+            **kwargs: model overrides (num_classes, global_pool, drop_path_rate, t_scale, ...).
+        """
+        from ..teachers import Teacher, load_teacher  # teachers import timm/transformers adapters lazily
+
+        teacher = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
+        init = init or ('middle' if block_type == 'teacher' else 'random')
+        if init not in ('middle', 'first', 'mean', 'random'):
+            raise ValueError(f"init must be one of 'middle', 'first', 'mean', 'random', got {init!r}.")
+        if block_type == 'swiglu' and init != 'random':
+            raise ValueError("block_type='swiglu' blocks have no teacher counterpart; use init='random'.")
+        schedule, meta = _resolve_schedule(teacher, k, block_schedule, images, phase_kwargs or {})
+
+        args = vit_args_from_model(teacher.model)
+        if getattr(teacher.model, 'global_pool', None) == 'cls_avg':
+            args['global_pool'] = 'cls_avg'
+        args.update(kwargs)
+        model = cls(block_schedule=schedule, depth=teacher.depth, block_type=block_type, **args)
+        model._copy_teacher_stem_and_head(teacher.model)
+        if init != 'random':
+            for j, (start, stop) in enumerate(zip(model.phase_boundaries[:-1], model.phase_boundaries[1:])):
+                model._init_block_from_layers(j, [teacher.blocks[i] for i in range(start, stop)], init)
+        model.pretrained_cfg = dict(
+            getattr(model, 'pretrained_cfg', {}) or {}, **{
+                key: teacher.data_config[key] for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')
+                if key in teacher.data_config},
+            num_classes=model.num_classes)
+        model.raptor_meta = dict(
+            meta, teacher=teacher.name, teacher_revision=teacher.revision, teacher_source=teacher.source,
+            teacher_depth=teacher.depth, init=init, block_schedule=list(schedule),
+            phase_boundaries=list(model.phase_boundaries))
+        return model
+
+    def _copy_teacher_stem_and_head(self, teacher_model: nn.Module) -> None:
+        """Copy every non-block tensor (embedding, registers, norms, head) from the teacher, strictly."""
+        teacher_state = {k: v for k, v in teacher_model.state_dict().items() if not k.startswith('blocks.')}
+        own_state = {k for k in self.state_dict() if not k.startswith('blocks.')}
+        keep = {k: v for k, v in teacher_state.items() if k in own_state}
+        head_keys = {k for k in own_state if k.startswith('head.')}
+        missing = own_state - set(keep) - head_keys
+        if missing:
+            raise RuntimeError(f'teacher lacks tensors the Raptor needs: {sorted(missing)}')
+        mismatched_head = [k for k in head_keys if k in keep and keep[k].shape != self.state_dict()[k].shape]
+        for k in mismatched_head:  # a num_classes override keeps the Raptor's fresh head
+            keep.pop(k)
+        self.load_state_dict(keep, strict=False)
+
+    @torch.no_grad()
+    def _init_block_from_layers(self, index: int, layers: List[nn.Module], init: InitMode) -> None:
+        """Initialise unique block `index` from the teacher layers of its phase."""
+        if init == 'first':
+            source = layers[0].state_dict()
+        elif init == 'middle':
+            source = layers[(len(layers) - 1) // 2].state_dict()
+        else:
+            states = [layer.state_dict() for layer in layers]
+            source = {key: torch.stack([state[key].float() for state in states]).mean(0).to(states[0][key].dtype)
+                      for key in states[0]}
+        missing, unexpected = self.blocks[index].load_state_dict(source, strict=False)
+        if unexpected or any(not key.startswith('depth_scale.') for key in missing):
+            raise RuntimeError(
+                f'teacher block layout does not match the Raptor block: missing {missing}, unexpected {unexpected}')
 
     def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
         super().init_weights(mode, needs_reset=needs_reset)
@@ -406,6 +555,43 @@ class RaptorVisionTransformer(VisionTransformer):
         """Classify; `num_steps` < L stops early (anytime inference), then final norm and head."""
         x = self.forward_features(x, attn_mask=attn_mask, num_steps=num_steps)
         return self.forward_head(x)
+
+
+def _resolve_schedule(
+        teacher: Any,
+        k: Optional[int],
+        block_schedule: Optional[Union[Sequence[int], str]],
+        images: Optional[Any],
+        phase_kwargs: Dict[str, Any],
+) -> Tuple[Tuple[int, ...], Dict[str, Any]]:
+    """Schedule and its provenance for from_teacher: explicit > discovered on images > even split."""
+    depth = teacher.depth
+    if block_schedule is not None and not isinstance(block_schedule, str):
+        schedule = validate_block_schedule(block_schedule, depth)
+        if k is not None and k != len(schedule):
+            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}.')
+        return schedule, {'schedule_source': 'given'}
+    if isinstance(block_schedule, str) and block_schedule != 'auto':
+        raise ValueError(f"block_schedule must be a sequence of repeat counts or 'auto', got {block_schedule!r}.")
+    k = 2 if k is None and block_schedule == 'auto' else k
+    if k is None:
+        raise ValueError("Pass k, block_schedule, or block_schedule='auto' with images.")
+    _check_k(depth, k)
+    if images is None:
+        if block_schedule == 'auto':
+            raise ValueError("block_schedule='auto' needs images for phase discovery (pass images=...).")
+        schedule = even_block_schedule(depth, k)
+        warnings.warn(
+            f'No images given for phase discovery: splitting the {depth} layers evenly as {schedule}. '
+            'Pass images=... (or an explicit block_schedule) for measured phases.', stacklevel=3)
+        return schedule, {'schedule_source': 'even'}
+    from ..phases import discover
+    result = discover(teacher, images, k=k, **phase_kwargs)
+    meta = {
+        'schedule_source': 'measured', 'phase_metric': result.metric, 'phase_algorithm': result.algorithm,
+        'phase_num_images': result.num_images, 'phases': result.to_dict(),
+    }
+    return tuple(result.block_schedule), meta
 
 
 def _norm_eps(norm: nn.Module) -> Optional[float]:
