@@ -4,5 +4,6 @@ Importing the package registers the Raptor architectures (and the embedded digit
 """
 from .models import *  # noqa: F401,F403  (registers timm entrypoints)
 from .models.raptor_vit import RaptorVisionTransformer
+from .teachers import Teacher, load_teacher
 
 __version__ = "0.1.0"
