@@ -1,0 +1,348 @@
+"""Image data for raptor_zoo: the embedded digits split, image folders and Hub datasets, timm transforms, loaders.
+
+Every model in raptor_zoo takes **normalised** tensors; this module normalises once, with a timm-style
+``data_config`` (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``), usually
+``timm.data.resolve_model_data_config(model)`` or a teacher's ``data_config``.
+
+The embedded data is scikit-learn's digits (1797 real 8x8 images that ship with scikit-learn), upsampled to
+32x32 RGB. Its held-out split (:func:`load_digits_split`) is fixed and shared by every recipe, test and
+benchmark of the project, so "held-out accuracy" always means the same 360 images.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+__all__ = [
+    "DIGITS_CLASS_NAMES",
+    "load_digits_split",
+    "digits_mean_std",
+    "load_image_dataset",
+    "build_transform",
+    "create_loader",
+    "TransformedDataset",
+    "TransformedIterableDataset",
+]
+
+_logger = logging.getLogger(__name__)
+
+DIGITS_CLASS_NAMES = [str(digit) for digit in range(10)]
+DIGITS_SPLITS = ("train", "test")
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_pixels(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits as uint8 [N, image_size, image_size] (bilinear upsampling of 0..255 values) and labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).float().mul_(255.0 / 16.0).unsqueeze(1)
+    pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    pixels = pixels.round_().clamp_(0, 255).to(torch.uint8).squeeze(1).numpy()
+    return pixels, digits.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _digits_split_indices(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    _, labels = _digits_pixels(8)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
+    return {"train": np.sort(train_idx), "test": np.sort(test_idx)}
+
+
+def load_digits_split(
+        split: Literal["train", "test"] = "train",
+        seed: int = 0,
+        test_fraction: float = 0.2,
+        image_size: int = 32,
+) -> datasets.Dataset:
+    """The project's fixed, stratified split of scikit-learn's digits as a ``datasets.Dataset``.
+
+    Columns: ``image`` (PIL RGB, the 8x8 digit with values scaled to 0..255 and upsampled bilinearly to
+    ``image_size``; three equal channels) and ``label`` (``ClassLabel`` with names "0".."9").
+    With the defaults: 1437 train and 360 test images, every class in the same proportion in both.
+    """
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"Unknown digits split {split!r}; expected one of {DIGITS_SPLITS}.")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}.")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (the digits are 8x8), got {image_size!r}.")
+    pixels, labels = _digits_pixels(image_size)
+    indices = _digits_split_indices(seed, test_fraction)[split]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGITS_CLASS_NAMES)})
+    info = datasets.DatasetInfo(
+        description=f"scikit-learn digits, {split} split (seed {seed}, test fraction {test_fraction}), "
+                    f"upsampled bilinearly to {image_size}x{image_size} RGB.",
+        license="BSD-3-Clause",
+        features=features,
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "image": [Image.fromarray(pixels[i]).convert("RGB") for i in indices],
+            "label": labels[indices].tolist(),
+        },
+        info=info,
+        split=split,
+    )
+
+
+def digits_mean_std(seed: int = 0, test_fraction: float = 0.2, image_size: int = 32) -> tuple[float, float]:
+    """Pixel mean and std (in 0..1, the same for the three channels) of the digits training split."""
+    pixels, _ = _digits_pixels(image_size)
+    train = pixels[_digits_split_indices(seed, test_fraction)["train"]].astype(np.float64) / 255.0
+    return float(train.mean()), float(train.std())
+
+
+def _looks_like_path(source: str) -> bool:
+    """True for strings that can only be a filesystem path (a Hub id is `name` or `org/name`)."""
+    return (
+        os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or "\\" in source
+        or source.endswith("/")
+        or source.count("/") > 1
+    )
+
+
+def _is_readable_image(example: dict[str, Any], image_column: str) -> bool:
+    """Whether PIL can identify and verify the (undecoded) image of ``example``."""
+    image = example[image_column]
+    source = image["path"] if image.get("bytes") is None else io.BytesIO(image["bytes"])
+    try:
+        with Image.open(source) as opened:
+            opened.verify()
+    except Exception:
+        return False
+    return True
+
+
+def _drop_unreadable_images(
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        image_column: str,
+        data_dir: Path,
+        unreadable: Literal["skip", "raise"],
+) -> datasets.Dataset | datasets.IterableDataset:
+    """``dataset`` without the images PIL cannot read (see ``load_image_dataset``)."""
+    undecoded = dataset.cast_column(image_column, datasets.Image(decode=False))
+    if isinstance(dataset, datasets.IterableDataset):
+        def check(example: dict[str, Any]) -> bool:
+            if _is_readable_image(example, image_column):
+                return True
+            if unreadable == "raise":
+                raise OSError(f"Unreadable image {example[image_column]['path']} in {data_dir}.")
+            _logger.warning("Skipping unreadable image %s.", example[image_column]["path"])
+            return False
+        return undecoded.filter(check).cast_column(image_column, datasets.Image())
+    readable = np.array(undecoded.map(
+        lambda example: {"_readable": _is_readable_image(example, image_column)},
+        desc="Checking images", load_from_cache_file=True,
+    )["_readable"], dtype=bool)
+    if readable.all():
+        return dataset
+    bad_paths = [undecoded[int(i)][image_column]["path"] for i in np.flatnonzero(~readable)]
+    if unreadable == "raise":
+        raise OSError(
+            f"{len(bad_paths)} unreadable image(s) in {data_dir}, first: {bad_paths[:5]}. Remove or fix them, "
+            f"or pass unreadable='skip' to leave them out.")
+    _logger.warning(
+        "Skipping %d unreadable image(s) of %d in %s (first: %s).",
+        len(bad_paths), len(readable), data_dir, bad_paths[:5])
+    return dataset.select(np.flatnonzero(readable))
+
+
+def load_image_dataset(
+        source: str | os.PathLike,
+        split: str = "train",
+        streaming: bool = False,
+        image_column: str = "image",
+        label_column: str = "label",
+        unreadable: Literal["skip", "raise"] = "skip",
+) -> datasets.Dataset | datasets.IterableDataset:
+    """An image classification dataset with columns ``image`` and ``label``, from one of three sources.
+
+    ``source`` is
+      * ``"digits"``: the embedded digits split (:func:`load_digits_split`, no network);
+      * an existing directory: ``datasets.load_dataset("imagefolder", data_dir=source)`` (class = sub-folder);
+      * otherwise a Hub dataset id, through ``datasets.load_dataset(source, split=split, streaming=streaming)``.
+    ``image_column`` / ``label_column`` name the source's columns; they are renamed to ``image`` / ``label``.
+
+    Unreadable images in a directory (files PIL cannot identify or verify) are **skipped** by default, with a
+    warning giving their count and the first file names (map-style: checked once up front, cached by
+    ``datasets``; streaming: checked on the fly, one warning per skipped file). ``unreadable="raise"`` raises
+    ``OSError`` naming them instead.
+    """
+    if unreadable not in ("skip", "raise"):
+        raise ValueError(f"unreadable must be 'skip' or 'raise', got {unreadable!r}.")
+    source = os.fspath(source)
+    if source == "digits":
+        dataset = load_digits_split(split)
+        return dataset.to_iterable_dataset() if streaming else dataset
+    path = Path(source).expanduser()
+    if path.is_dir():
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+    elif path.exists() or _looks_like_path(source):
+        raise FileNotFoundError(
+            f"No image directory at {source!r}. Expected 'digits' (the embedded data), an existing directory of "
+            f"class sub-folders (loaded as an imagefolder), or a Hub dataset id such as 'org/name'.")
+    else:
+        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    column_names = dataset.column_names
+    if column_names is not None:
+        missing = [name for name in (image_column, label_column) if name not in column_names]
+        if missing:
+            raise ValueError(
+                f"Dataset {source!r} has no column(s) {missing}; its columns are {column_names}. "
+                f"Pass image_column= / label_column= naming the right ones.")
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if path.is_dir():
+        dataset = _drop_unreadable_images(dataset, "image", path, unreadable)
+    return dataset
+
+
+_REQUIRED_DATA_CONFIG_KEYS = ("input_size", "mean", "std")
+
+
+def build_transform(
+        data_config: dict[str, Any],
+        is_training: bool,
+        *,
+        rotation_degrees: float = 0.0,
+        translate_px: float = 0.0,
+        **aug: Any,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> normalised float tensor [3, H, W], through ``timm.data.create_transform``.
+
+    ``data_config`` is timm-style (input_size, mean, std, interpolation, crop_pct). For training,
+    ``rotation_degrees`` / ``translate_px`` select a light affine augmentation instead of timm's
+    (random rotations within +-degrees and shifts within +-px at the model's input size, no flips):
+    timm's resize/centre-crop pipeline with a ``RandomAffine`` before ``ToTensor``. Any other keyword
+    (hflip, scale, auto_augment, ...) goes to ``create_transform`` and selects timm's own augmentation.
+    """
+    from timm.data import create_transform
+    from timm.data.transforms import MaybeToTensor
+
+    missing = [key for key in _REQUIRED_DATA_CONFIG_KEYS if key not in data_config]
+    if missing:
+        raise ValueError(
+            f"data_config lacks {missing}; expected timm-style keys {list(_REQUIRED_DATA_CONFIG_KEYS)} plus optional "
+            f"interpolation and crop_pct (e.g. timm.data.resolve_model_data_config(model)).")
+    use_affine = is_training and (rotation_degrees > 0 or translate_px > 0)
+    if use_affine and aug:
+        raise TypeError(
+            f"rotation_degrees/translate_px replace timm's training augmentation; do not combine them with "
+            f"create_transform options {sorted(aug)}.")
+    transform = create_transform(
+        input_size=data_config["input_size"],
+        is_training=is_training and not use_affine,
+        interpolation=data_config.get("interpolation", "bilinear"),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_pct=data_config.get("crop_pct"),
+        crop_mode=data_config.get("crop_mode"),
+        **aug,
+    )
+    if not use_affine:
+        return transform
+    _, height, width = data_config["input_size"]
+    steps = list(transform.transforms)
+    to_tensor_index = next(i for i, step in enumerate(steps) if isinstance(step, (MaybeToTensor, transforms.ToTensor)))
+    affine = transforms.RandomAffine(
+        degrees=rotation_degrees,
+        translate=(translate_px / width, translate_px / height),
+        interpolation=transforms.InterpolationMode.BILINEAR,
+    )
+    return transforms.Compose(steps[:to_tensor_index] + [affine] + steps[to_tensor_index:])
+
+
+class TransformedDataset(torch.utils.data.Dataset):
+    """Map-style view of an image/label dataset yielding ``(transform(image), label)``."""
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable[[Image.Image], torch.Tensor]):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        example = self.dataset[index]
+        return self.transform(example["image"].convert("RGB")), int(example["label"])
+
+
+class TransformedIterableDataset(torch.utils.data.IterableDataset):
+    """Streaming view of an image/label ``datasets.IterableDataset`` yielding ``(transform(image), label)``."""
+
+    def __init__(self, dataset: datasets.IterableDataset, transform: Callable[[Image.Image], torch.Tensor]):
+        self.dataset = dataset
+        self.transform = transform
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        for example in self.dataset:
+            yield self.transform(example["image"].convert("RGB")), int(example["label"])
+
+
+def create_loader(
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        data_config: dict[str, Any],
+        batch_size: int,
+        is_training: bool,
+        seed: int = 0,
+        num_workers: int = 0,
+        drop_last: bool | None = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        shuffle_buffer_size: int = 10_000,
+) -> DataLoader:
+    """A DataLoader yielding ``(images [B, 3, H, W] normalised, labels [B])`` from a map-style or streaming dataset.
+
+    ``transform`` defaults to ``build_transform(data_config, is_training)``. Training loaders shuffle (seeded;
+    streaming ones through a buffer of ``shuffle_buffer_size``) and drop the last partial batch unless
+    ``drop_last`` says otherwise.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+        raise TypeError(
+            f"create_loader expects a datasets.Dataset or datasets.IterableDataset (see load_image_dataset), "
+            f"got {type(dataset).__name__}.")
+    transform = transform or build_transform(data_config, is_training)
+    drop_last = is_training if drop_last is None else drop_last
+    if isinstance(dataset, datasets.IterableDataset):
+        if is_training:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        return DataLoader(
+            TransformedIterableDataset(dataset, transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            drop_last=drop_last,
+        )
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TransformedDataset(dataset, transform),
+        batch_size=batch_size,
+        shuffle=is_training,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
