@@ -5,5 +5,7 @@ Importing the package registers the Raptor architectures (and the embedded digit
 from .models import *  # noqa: F401,F403  (registers timm entrypoints)
 from .models.raptor_vit import RaptorVisionTransformer
 from .teachers import Teacher, load_teacher
+from .hub import load_pretrained as from_pretrained, push_to_hub, save_pretrained
+from .zoo import list_models
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
     raptor-zoo demo      embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save (offline, CPU)
     raptor-zoo phases    phase discovery on a teacher: distance matrix, max-cut phases, JSON + heatmap
+    raptor-zoo push      upload a saved Raptor folder to the Hub (--dry-run lists what would go up)
 """
 import argparse
 import itertools
@@ -9,6 +10,8 @@ import sys
 from typing import Iterator, List, Optional
 
 import torch
+
+from .hub import add_push_arguments, push_command
 
 __all__ = ['main', 'build_parser']
 
@@ -93,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     phases = subparsers.add_parser('phases', help='discover the phases of a teacher (distance matrix + max-cut)')
     _add_phases_arguments(phases)
     phases.set_defaults(func=phases_command)
+    push = subparsers.add_parser('push', help='upload a Raptor folder (weights, config, card) to the Hub')
+    add_push_arguments(push)
+    push.set_defaults(func=push_command)
     return parser
 
 

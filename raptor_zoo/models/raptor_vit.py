@@ -749,12 +749,15 @@ for _teacher, _args in _DINOV2_TEACHERS.items():
         )
 
 default_cfgs = generate_default_cfgs({
-    arch: _cfg(notes=(
-        f"teacher: {spec['teacher']}",
-        f"block_schedule: {spec['block_schedule']}",
-        f"schedule_source: {spec['schedule_source']}",
-    ))
-    for arch, spec in RAPTOR_ARCHS.items()
+    **{
+        arch: _cfg(notes=(
+            f"teacher: {spec['teacher']}",
+            f"block_schedule: {spec['block_schedule']}",
+            f"schedule_source: {spec['schedule_source']}",
+        ))
+        for arch, spec in RAPTOR_ARCHS.items()
+    },
+    'raptor_vit': _cfg(),  # generic: every architecture argument comes from model_args
 })
 
 
@@ -768,6 +771,12 @@ def _create_raptor_vit(variant: str, pretrained: bool = False, **kwargs: Any) ->
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+
+
+@register_model
+def raptor_vit(pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransformer:
+    """Raptor of any timm ViT: every architecture argument comes from kwargs (config.json model_args)."""
+    return _create_raptor_vit('raptor_vit', pretrained=pretrained, **kwargs)
 
 
 def _make_entrypoint(arch: str) -> None:

@@ -1,0 +1,652 @@
+"""The Raptor Hub folder: one writer (:func:`save_pretrained`), one reader (:func:`load_pretrained`), and the push.
+
+A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
+
+    config.json        RaptorConfig.to_dict(): timm keys (architecture, num_classes, num_features, global_pool,
+                       model_args, pretrained_cfg), transformers keys (model_type "raptor", architectures, ...),
+                       teacher id and revision, block_schedule, phase_boundaries, phase_metric, schedule_source
+    model.safetensors  RaptorVisionTransformer.state_dict() in timm's key layout, each unique block once
+    README.md          the model card (raptor_zoo.cards)
+    phases.json, phase_heatmap.png, other plots (optional)
+
+The same folder loads in three libraries: ``raptor_zoo.from_pretrained(folder | repo id | zoo name)``,
+``timm.create_model("hf-hub:org/name", pretrained=True)`` (after ``import raptor_zoo``), and transformers'
+``AutoModel`` / ``AutoModelForImageClassification`` / ``AutoBackbone`` (the ``Raptor*`` classes hold the timm
+model as ``.raptor``; keys map ``k <-> "raptor." + k``, see ``models/modeling_raptor.py``).
+
+Loading is strict and safetensors-only: missing or unexpected keys and shape mismatches raise a ``ValueError``
+listing them, a truncated or corrupt file raises a ``ValueError`` saying so, and pickles are never read.
+
+Cards: ``save_pretrained`` writes README.md unless one exists that a person edited (an unedited raptor_zoo card is
+regenerated with the new numbers; an edited one is kept, with a warning, unless ``overwrite_card=True``).
+``push_to_hub`` uploads the folder as it is, card included, in one commit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import timm
+import torch
+import yaml
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from timm.models import PretrainedCfg, filter_pretrained_cfg
+from torch import nn
+
+from . import cards, zoo
+from .models.configuration_raptor import RaptorConfig
+from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, checkpoint_filter_fn
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CARD_NAME",
+    "PHASES_NAME",
+    "HEATMAP_NAME",
+    "GENERIC_ARCHITECTURE",
+    "raptor_config",
+    "save_pretrained",
+    "read_config",
+    "load_state_dict",
+    "resolve_folder",
+    "load_pretrained",
+    "push_to_hub",
+    "add_push_arguments",
+    "push_command",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+PHASES_NAME = "phases.json"
+HEATMAP_NAME = "phase_heatmap.png"
+GENERIC_ARCHITECTURE = "raptor_vit"
+"""timm architecture of Raptors that are not one of the registered variants (every argument in model_args)."""
+
+_PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+_PROVENANCE_KEYS = ("teacher", "teacher_revision", "schedule_source", "phase_metric", "phase_boundaries")
+_BUILD_HINT = (f"Build a Raptor locally with `accelerate launch {zoo.DISTILL_RECIPE} --config "
+               "<recipes/configs/...yaml>` and load its output folder")
+
+
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _core_and_config(model: nn.Module) -> tuple[RaptorVisionTransformer, RaptorConfig | None]:
+    """The timm Raptor inside ``model`` and, for a transformers Raptor, its config."""
+    if isinstance(model, RaptorVisionTransformer):
+        return model, None
+    core = getattr(model, "raptor", None)
+    if isinstance(core, RaptorVisionTransformer) and isinstance(getattr(model, "config", None), RaptorConfig):
+        return core, model.config
+    raise TypeError(
+        f"Expected a RaptorVisionTransformer (timm) or a transformers Raptor model, got {type(model).__name__}; "
+        "build one with RaptorVisionTransformer.from_teacher(...) or timm.create_model('raptor_vit_...').")
+
+
+def _phases_dict(phases: Any) -> dict[str, Any] | None:
+    if phases is None or isinstance(phases, Mapping):
+        return None if phases is None else dict(phases)
+    if isinstance(phases, (str, os.PathLike)):
+        path = Path(phases)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"phases={str(path)!r} does not exist; pass a PhaseResult, its dict or its JSON file.")
+        return json.loads(path.read_text(encoding="utf-8"))
+    if hasattr(phases, "to_dict"):
+        return phases.to_dict()
+    raise TypeError(f"phases must be a PhaseResult, a dict or a phases.json path, got {type(phases).__name__}.")
+
+
+def _phase_result(model: RaptorVisionTransformer, phases: Any) -> dict[str, Any] | None:
+    """The phase result to ship: ``phases`` if given, else the one ``from_teacher`` recorded; it must match."""
+    phase_dict = _phases_dict(phases)
+    if phase_dict is None and isinstance((model.raptor_meta or {}).get("phases"), Mapping):
+        phase_dict = dict(model.raptor_meta["phases"])
+    if phase_dict is not None and tuple(phase_dict.get("block_schedule", ())) != tuple(model.block_schedule):
+        raise ValueError(
+            f"phases give block_schedule {tuple(phase_dict.get('block_schedule', ()))} but the model runs "
+            f"{tuple(model.block_schedule)}; pass the phase result the model was built from.")
+    return phase_dict
+
+
+def _json_ready(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} is not JSON-serialisable ({err}); config.json holds JSON values only.") from None
+
+
+def _source_cfg(model: RaptorVisionTransformer, hf_config: RaptorConfig | None) -> dict[str, Any]:
+    """timm pretrained_cfg the model carries (a transformers Raptor keeps it in its config)."""
+    if hf_config is not None:
+        return dict(hf_config.pretrained_cfg or {}, architecture=hf_config.architecture)
+    return dict(getattr(model, "pretrained_cfg", None) or {})
+
+
+def _architecture_of(source_cfg: Mapping[str, Any]) -> str:
+    arch = source_cfg.get("architecture")
+    return arch if arch in RAPTOR_ARCHS else GENERIC_ARCHITECTURE
+
+
+def _matches_registered(model: RaptorVisionTransformer, spec: Mapping[str, Any]) -> bool:
+    """Whether a model of a registered arch still has that arch's teacher shape (no width / depth overrides)."""
+    shape = ("embed_dim", "num_heads", "patch_size", "reg_tokens")
+    return (all(model.model_args.get(key) == spec["model_args"].get(key) for key in shape)
+            and sum(model.block_schedule) == sum(spec["block_schedule"]))
+
+
+def _timm_pretrained_cfg(
+        model: RaptorVisionTransformer, architecture: str, source_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """timm's data / weights metadata for config.json: defaults of the arch, overlaid by the model's own cfg."""
+    cfg: dict[str, Any] = {}
+    if timm.is_model(architecture):
+        default = timm.models.get_pretrained_cfg(architecture, allow_unregistered=True)
+        cfg.update(default.to_dict() if default is not None else {})
+    cfg.update(source_cfg)
+    cfg = filter_pretrained_cfg(cfg, remove_source=True, remove_null=True)
+    for key in ("architecture", "notes", "label_names", "label_descriptions", "state_dict"):
+        cfg.pop(key, None)
+    img_size = tuple(model.patch_embed.img_size)
+    cfg.update(
+        input_size=[model.patch_embed.proj.in_channels, *img_size],
+        fixed_input_size=bool(getattr(model.patch_embed, "strict_img_size", False) and not model.dynamic_img_size),
+        num_classes=model.num_classes,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        hf_hub_filename=WEIGHTS_NAME,  # timm then never falls back to a pickle
+    )
+    return _json_ready({k: v for k, v in cfg.items() if k in _PRETRAINED_CFG_FIELDS}, "pretrained_cfg")
+
+
+def raptor_config(
+        model: nn.Module,
+        *,
+        teacher: str | None = None,
+        teacher_revision: str | None = None,
+        phases: Any = None,
+) -> RaptorConfig:
+    """The ``RaptorConfig`` (config.json) describing ``model``'s weights and provenance.
+
+    ``teacher`` / ``teacher_revision`` / ``phases`` override what ``model.raptor_meta`` recorded
+    (``from_teacher`` fills it). ``phases`` (PhaseResult, dict or phases.json) must match the model's schedule.
+    """
+    core, hf_config = _core_and_config(model)
+    meta = dict(getattr(core, "raptor_meta", None) or {})
+    if hf_config is not None:
+        meta = {**dict(hf_config.raptor_meta or {}),
+                **{key: getattr(hf_config, key) for key in _PROVENANCE_KEYS if getattr(hf_config, key) is not None},
+                **meta}
+    source_cfg = _source_cfg(core, hf_config)
+    architecture = _architecture_of(source_cfg)
+    if architecture in RAPTOR_ARCHS and _matches_registered(core, RAPTOR_ARCHS[architecture]):
+        spec = RAPTOR_ARCHS[architecture]
+        if tuple(core.block_schedule) == tuple(spec["block_schedule"]):
+            meta.setdefault("schedule_source", spec["schedule_source"])
+        meta.setdefault("teacher", spec["teacher"])
+    phase_dict = _phase_result(core, phases)
+    if phase_dict is not None:
+        meta.setdefault("phase_metric", phase_dict.get("metric"))
+        meta.setdefault("phase_algorithm", phase_dict.get("algorithm"))
+        if phases is not None:
+            meta.setdefault("schedule_source", "measured")
+    if teacher is not None:
+        meta["teacher"] = teacher
+    if teacher_revision is not None:
+        meta["teacher_revision"] = teacher_revision
+
+    model_args = dict(core.model_args)
+    model_args.update(
+        num_classes=core.num_classes, global_pool=core.global_pool, block_schedule=list(core.block_schedule))
+    model_args = _json_ready(model_args, "model.model_args")
+    extra_meta = {key: value for key, value in meta.items()
+                  if key not in (*_PROVENANCE_KEYS, "phases", "block_schedule") and value is not None}
+    label_names = source_cfg.get("label_names")
+    labels: dict[str, Any] = {}
+    if label_names and len(label_names) == core.num_classes:
+        labels = dict(id2label=dict(enumerate(label_names)))
+    elif hf_config is not None and hf_config.num_labels == core.num_classes:
+        labels = dict(id2label=dict(hf_config.id2label))
+    return RaptorConfig(
+        model_args=model_args,
+        architecture=architecture,
+        pretrained_cfg=_timm_pretrained_cfg(core, architecture, source_cfg),
+        architectures=["RaptorForImageClassification" if core.num_classes else "RaptorModel"],
+        teacher=meta.get("teacher"),
+        teacher_revision=meta.get("teacher_revision"),
+        schedule_source=meta.get("schedule_source"),
+        phase_metric=meta.get("phase_metric"),
+        phase_boundaries=list(core.phase_boundaries),
+        raptor_meta=_json_ready(extra_meta, "model.raptor_meta") or None,
+        **labels,
+    )
+
+
+def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
+    state = {}
+    seen: dict[tuple[int, int], str] = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if tensor.device.type == "meta":
+            raise ValueError(f"{key} is on the meta device; load or initialise the weights before saving.")
+        storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and storage in seen:
+            raise ValueError(
+                f"{key} shares memory with {seen[storage]}: a Raptor stores each of its k unique blocks once and "
+                "applies it on block_schedule; aliased modules cannot be saved (safetensors refuses shared tensors).")
+        seen[storage] = key
+        state[key] = tensor.contiguous().cpu()
+    return state
+
+
+def _check_reloads(config: RaptorConfig, state: Mapping[str, torch.Tensor]) -> None:
+    """Fail before writing when config.json's model_args would not rebuild the saved tensors."""
+    with torch.device("meta"):
+        rebuilt = RaptorVisionTransformer(**config.timm_model_args())
+    _compare_state(rebuilt.state_dict(), state, source="the model being saved", strict=True,
+                   hint="its model_args do not rebuild it (was it pruned or resized in place?)")
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_pretrained(
+        model: nn.Module,
+        save_directory: str | os.PathLike,
+        *,
+        teacher: str | None = None,
+        teacher_revision: str | None = None,
+        phases: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
+        plots: Mapping[str, str | os.PathLike] | None = None,
+        card: bool = True,
+        overwrite_card: bool = False,
+        repo_id: str | None = None,
+        card_data: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a Raptor folder: model.safetensors, config.json, README.md (card), phases and plots.
+
+    Args:
+        model: a ``RaptorVisionTransformer`` (or a transformers ``Raptor*`` model, saved through its ``.raptor``).
+        save_directory: folder to write (created if needed).
+        teacher, teacher_revision: teacher id and revision when ``model.raptor_meta`` lacks them.
+        phases: the phase result the schedule came from (PhaseResult, dict or phases.json); written as phases.json
+            plus phase_heatmap.png. Defaults to the one ``from_teacher`` recorded in ``model.raptor_meta``.
+        metrics: measured numbers for the card (``raptor_zoo.cards.METRIC_FIELDS``); nothing else is claimed.
+        training: how the weights were trained, for the card (config, data, steps, hardware, datasets ...).
+        plots: extra PNGs to ship, ``{file name in the folder: source path}`` (e.g. ``{"fidelity.png": ...}``).
+        card: write README.md. An existing card that a person edited is kept (with a warning) unless
+            ``overwrite_card=True``; an unedited raptor_zoo card is regenerated.
+        repo_id: Hub repo id the card's loading snippets name (default: the folder name).
+        card_data: ``ModelCardData`` overrides (license, tags, datasets ...).
+
+    Returns:
+        The folder path.
+    """
+    core, _ = _core_and_config(model)
+    config = raptor_config(model, teacher=teacher, teacher_revision=teacher_revision, phases=phases)
+    state = _state_dict_for_save(core)
+    _check_reloads(config, state)
+    phase_dict = _phase_result(core, phases)
+    plots = {str(name): Path(path) for name, path in (plots or {}).items()}
+    for name, path in plots.items():
+        if Path(name).name != name or not name.endswith(".png"):
+            raise ValueError(f"plot name {name!r} must be a plain .png file name (it is written into the folder).")
+        if not path.is_file():
+            raise FileNotFoundError(f"plot {name!r}: {str(path)!r} does not exist.")
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"save_directory {str(folder)!r} is a file; pass a folder.")
+    files = [*plots, *([HEATMAP_NAME] if phase_dict is not None else [])]
+    rendered = None
+    if card:  # render first: bad metrics fail before anything is written
+        rendered = cards.render_model_card(
+            config, model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id,
+            metrics=metrics, training=training, files=files,
+            card_data=card_data)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / WEIGHTS_NAME,
+                  lambda path: safetensors.torch.save_file(state, str(path), metadata={"format": "pt"}))
+    _write_atomic(folder / CONFIG_NAME, lambda path: config.to_json_file(path))
+    if phase_dict is not None:
+        from .phases import PhaseResult
+
+        (folder / PHASES_NAME).write_text(json.dumps(phase_dict, indent=2) + "\n", encoding="utf-8")
+        PhaseResult.from_dict(phase_dict).plot(folder / HEATMAP_NAME)
+    for name, path in plots.items():
+        if path.resolve() != (folder / name).resolve():
+            shutil.copyfile(path, folder / name)
+    if rendered is not None:
+        card_path = folder / CARD_NAME
+        existing = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+        if existing is None or overwrite_card or cards.is_unedited_card(existing):
+            card_path.write_text(str(rendered), encoding="utf-8")
+        elif existing != str(rendered):
+            warnings.warn(
+                f"{card_path} was edited by hand and is kept; its numbers may describe earlier weights. "
+                "Pass overwrite_card=True to regenerate it.", stacklevel=2)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> RaptorConfig:
+    """The ``RaptorConfig`` of a Raptor folder, with a clear error for anything else."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no {CONFIG_NAME}; a Raptor folder is written by "
+                                "raptor_zoo.hub.save_pretrained(model, folder).")
+    try:
+        config_dict = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from None
+    if config_dict.get("model_type") != RaptorConfig.model_type or "model_args" not in config_dict:
+        raise ValueError(
+            f"{path} does not describe a Raptor (model_type {config_dict.get('model_type')!r}, "
+            f"{'with' if 'model_args' in config_dict else 'without'} model_args); expected model_type 'raptor' "
+            "and model_args as written by raptor_zoo.hub.save_pretrained. Teachers load with raptor_zoo.load_teacher.")
+    return RaptorConfig.from_dict(config_dict)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``model.safetensors`` (CPU); a truncated or corrupt file raises a ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        pickles = [p.name for p in path.parent.glob("*.bin")] + [p.name for p in path.parent.glob("*.pth")]
+        raise FileNotFoundError(
+            f"{path} does not exist. raptor_zoo loads safetensors weights only"
+            + (f" and never unpickles {pickles}" if pickles else "")
+            + "; save the model with raptor_zoo.hub.save_pretrained.")
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except safetensors.SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt. Download it again "
+            "(force_download=True for a Hub repo) or save the model again.") from err
+
+
+def _compare_state(
+        expected: Mapping[str, torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        *,
+        source: str,
+        strict: bool,
+        hint: str,
+) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{key}: weights {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+                  for key in expected if key in state and state[key].shape != expected[key].shape]
+
+    def listed(items: Sequence[str]) -> str:
+        return f"{len(items)} {items[:8]}" + (" ..." if len(items) > 8 else "")
+
+    if mismatched or (strict and (missing or unexpected)):
+        parts = [f"missing keys {listed(missing)}" if missing else "",
+                 f"unexpected keys {listed(unexpected)}" if unexpected else "",
+                 f"shape mismatches {listed(mismatched)}" if mismatched else ""]
+        raise ValueError(
+            f"The weights of {source} do not match the model built from its config.json: "
+            + "; ".join(p for p in parts if p) + f". {hint}")
+    if missing or unexpected:
+        warnings.warn(f"Loading {source} non-strictly: missing keys {listed(missing)}, "
+                      f"unexpected keys {listed(unexpected)}.", stacklevel=3)
+
+
+def _download(
+        repo_id: str,
+        *,
+        revision: str | None,
+        token: str | bool | None,
+        cache_dir: str | os.PathLike | None,
+        entry: zoo.ZooEntry | None,
+) -> Path:
+    """config.json and model.safetensors of a Hub repo through huggingface_hub (cache, revision, token, offline)."""
+    entry = entry or zoo.entry_for_repo_id(repo_id)
+    build = (f"Build it locally with `{entry.recipe_command}` and load the output folder"
+             if entry is not None else _BUILD_HINT)
+    where = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    paths = []
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            paths.append(Path(hf_hub_download(
+                repo_id, filename, revision=revision, token=token, cache_dir=cache_dir,
+                library_name="raptor_zoo", library_version=_library_version())))
+        except GatedRepoError as err:
+            raise FileNotFoundError(f"The {where} is gated; accept its terms on the Hub and pass token=... "
+                                    f"({type(err).__name__}).") from err
+        except RepositoryNotFoundError as err:
+            raise FileNotFoundError(
+                f"The {where} was not found (or it is private: pass token=...). {build}.") from err
+        except RevisionNotFoundError as err:
+            raise FileNotFoundError(f"The {where} does not exist: no such revision. {build}.") from err
+        except LocalEntryNotFoundError as err:
+            raise FileNotFoundError(
+                f"{filename} of the {where} is not in the local Hub cache and could not be downloaded "
+                f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}, or no connection). "
+                f"Connect once to cache it, or: {build}.") from err
+        except EntryNotFoundError as err:
+            raise FileNotFoundError(
+                f"The {where} has no {filename}; raptor_zoo reads Raptor folders written by "
+                f"raptor_zoo.hub.save_pretrained (safetensors only). {build}.") from err
+    if paths[0].parent != paths[1].parent:
+        raise FileNotFoundError(f"{CONFIG_NAME} and {WEIGHTS_NAME} of the {where} come from different snapshots "
+                                f"({paths[0].parent}, {paths[1].parent}); pass an explicit revision.")
+    return paths[0].parent
+
+
+def resolve_folder(
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Local folder holding a Raptor: a folder as is, a zoo name through ``raptor_zoo.zoo``, a Hub repo id
+    downloaded (or read from the cache) through huggingface_hub. Unpublished zoo names fail before any network call."""
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise TypeError(f"Expected a zoo name, a folder or a Hub repo id, got {name_or_path!r}.")
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isdir(expanded):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repos, not to the local folder {expanded!r}.")
+        return Path(expanded)
+    if zoo.is_zoo_name(name_or_path):
+        entry = zoo.resolve(name_or_path)
+        kind, location = zoo.locate(entry)
+        if kind == "folder":
+            if revision is not None:
+                raise ValueError(f"{entry.name!r} ships inside raptor_zoo; revision={revision!r} does not apply.")
+            return Path(location)
+        return _download(str(location), revision=revision, token=token, cache_dir=cache_dir, entry=entry)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"Folder {name_or_path!r} does not exist.")
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError as err:
+        raise ValueError(f"{name_or_path!r} is not a zoo name, an existing folder or a Hub repo id ({err}).") from None
+    if "/" not in name_or_path:
+        raise ValueError(
+            f"{name_or_path!r} is not a zoo name (raptor_zoo.list_models()), an existing folder or an org/name Hub "
+            "repo id.")
+    return _download(name_or_path, revision=revision, token=token, cache_dir=cache_dir, entry=None)
+
+
+def _provenance(config: RaptorConfig) -> dict[str, Any]:
+    meta = dict(config.raptor_meta or {})
+    meta.update({key: getattr(config, key) for key in _PROVENANCE_KEYS if getattr(config, key) is not None})
+    meta["block_schedule"] = list(config.block_schedule)
+    return meta
+
+
+def load_pretrained(
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        strict: bool = True,
+        **model_kwargs: Any,
+) -> RaptorVisionTransformer:
+    """A Raptor (timm model, eval mode) from a zoo name, a local folder or a Hub repo id.
+
+    Args:
+        name_or_path: ``"raptor-dinov2-k2"`` (zoo, :func:`raptor_zoo.list_models`), a folder written by
+            :func:`save_pretrained`, or ``"org/name"`` (Hub; honours the cache, ``HF_HUB_OFFLINE`` and tokens).
+        revision: Hub branch, tag or commit.
+        token: Hub token for private or gated repos.
+        cache_dir: Hub cache folder (default ``HF_HUB_CACHE``).
+        strict: missing or unexpected keys raise (default); ``False`` warns and loads the matching tensors.
+            Shape mismatches always raise.
+        **model_kwargs: architecture overrides passed to ``timm.create_model`` on top of config.json's model_args
+            (``num_classes`` / ``global_pool`` give a fresh head, ``img_size`` resamples the position embedding,
+            ``drop_path_rate`` ...).
+    """
+    if "features_only" in model_kwargs:
+        raise ValueError("features_only is timm's wrapper: use timm.create_model('local-dir:<folder>' or "
+                         "'hf-hub:<repo id>', pretrained=True, features_only=True).")
+    folder = resolve_folder(name_or_path, revision=revision, token=token, cache_dir=cache_dir)
+    config = read_config(folder)
+    architecture = config.architecture
+    if not timm.is_model(architecture):
+        raise ValueError(
+            f"{folder / CONFIG_NAME} names the timm architecture {architecture!r}, which is not registered; "
+            "`import raptor_zoo` registers the Raptor architectures (a newer raptor_zoo may be needed).")
+    state = load_state_dict(folder / WEIGHTS_NAME)
+    saved_args = config.timm_model_args()
+    model = timm.create_model(
+        architecture, pretrained=False, pretrained_cfg_overlay=dict(config.pretrained_cfg or {}),
+        **dict(saved_args, **model_kwargs))
+    state = checkpoint_filter_fn(state, model)
+    head_changed = any(key in model_kwargs and model_kwargs[key] != saved_args[key]
+                       for key in ("num_classes", "global_pool"))
+    expected = model.state_dict()
+    if head_changed:
+        state = {key: value for key, value in state.items() if not key.startswith("head.")}
+        expected = {key: value for key, value in expected.items() if not key.startswith("head.")}
+    _compare_state(expected, state, source=str(name_or_path), strict=strict,
+                   hint="The folder was written for another architecture or is damaged: save it again with "
+                        "raptor_zoo.hub.save_pretrained, or pass strict=False to load the matching tensors.")
+    model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
+    model.raptor_meta = _provenance(config)
+    return model.eval()
+
+
+def _check_folder(folder: Path) -> dict[str, Any]:
+    """Validate a folder before upload; return its files and card metadata."""
+    config = read_config(folder)
+    with safetensors.safe_open(str(folder / WEIGHTS_NAME), framework="pt") as weights:
+        keys = list(weights.keys())
+    if not keys:
+        raise ValueError(f"{folder / WEIGHTS_NAME} holds no tensors.")
+    card_meta = None
+    if (folder / CARD_NAME).is_file():
+        card_meta = cards.validate_card(folder / CARD_NAME).data.to_dict()
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return dict(config=config, files=files, card=card_meta)
+
+
+def push_to_hub(
+        model_or_folder: nn.Module | str | os.PathLike,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload Raptor with raptor_zoo",
+        revision: str | None = None,
+        create_pr: bool = False,
+        **save_kwargs: Any,
+) -> str:
+    """Upload a Raptor to the Hub in one commit; returns the commit (or pull request) URL.
+
+    ``model_or_folder`` is a model (saved with :func:`save_pretrained` into a temporary folder, ``save_kwargs``
+    passed on, card snippets naming ``repo_id``) or a folder written by it (validated: config, weights, card).
+    The folder is uploaded as it is: its README.md replaces the repo's card. ``revision`` names a branch
+    (created if absent).
+    """
+    validate_repo_id(repo_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model_or_folder, nn.Module):
+            folder = save_pretrained(model_or_folder, tmp, repo_id=repo_id, **save_kwargs)
+        else:
+            if save_kwargs:
+                raise TypeError(f"{sorted(save_kwargs)} apply when pushing a model, not a folder.")
+            folder = Path(model_or_folder)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{str(folder)!r} is not a folder.")
+        _check_folder(folder)
+        api = HfApi(token=token, library_name="raptor_zoo", library_version=_library_version())
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
+            create_pr=create_pr, ignore_patterns=[".*", "**/.*"])
+    return info.pr_url if create_pr and info.pr_url else info.commit_url
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``raptor-zoo push <folder> --repo-id org/name``."""
+    parser.add_argument("folder", help="Raptor folder written by raptor_zoo.hub.save_pretrained.")
+    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True,
+                        help="Hub repo id, org/name (default: None, required)")
+    parser.add_argument("--private", action="store_true", help="create the repo private (default: False)")
+    parser.add_argument("--revision", default=None, help="branch to commit to, created if absent (default: main)")
+    parser.add_argument("--create-pr", "--create_pr", dest="create_pr", action="store_true",
+                        help="open a pull request instead of committing (default: False)")
+    parser.add_argument("--commit-message", "--commit_message", dest="commit_message",
+                        default="Upload Raptor with raptor_zoo", help="commit message (default: %(default)s)")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="list the files and the card metadata, upload nothing (default: False)")
+    return parser
+
+
+def push_command(args: argparse.Namespace) -> int:
+    """``raptor-zoo push``: validate the folder, then upload it (or, with --dry-run, show what would be)."""
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder.")
+    validate_repo_id(args.repo_id)
+    report = _check_folder(folder)
+    if args.dry_run:
+        print(f"Dry run: would upload {len(report['files'])} files from {folder} to {args.repo_id} "
+              f"(private={args.private}, revision={args.revision or 'main'}, create_pr={args.create_pr}):")
+        for name in report["files"]:
+            print(f"  {name}  ({(folder / name).stat().st_size:,} bytes)")
+        print("Card metadata:" if report["card"] is not None else f"No {CARD_NAME}: the repo would have no card.")
+        if report["card"] is not None:
+            print(yaml.safe_dump(report["card"], sort_keys=False).rstrip())
+        return 0
+    url = push_to_hub(folder, args.repo_id, private=args.private, token=args.token,
+                      commit_message=args.commit_message, revision=args.revision, create_pr=args.create_pr)
+    print(url)
+    return 0

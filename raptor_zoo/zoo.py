@@ -1,0 +1,235 @@
+"""The Raptor zoo: one table from zoo names to Hub repos, teachers, schedules and the recipe that builds each.
+
+Names (DESIGN.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, relaxed variants
+``...-r{R}`` (rank-R per-step adapters; parsed, derived from their base entry, never published yet), the alias
+``raptor-dinov2-k2`` (the paper's model, ``raptor-dinov2-base-reg-k2``) and the embedded ``raptor-digits-k2``
+(package data, ``raptor_zoo/assets/raptor-digits-k2/``, loads offline).
+
+* An unpublished entry raises :class:`ZooModelUnavailableError` before any network call, naming the repo id it
+  would have (org ``raptor-zoo``) and the recipe command that builds it.
+* ``RAPTOR_ZOO_HUB_ORG=<org>`` points every Hub-hosted entry at ``<org>/<name>`` and loads it through
+  huggingface_hub (for Raptors you built and pushed yourself). Embedded entries are package data and keep
+  loading from the package.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "HUB_ORG",
+    "HUB_ORG_ENV",
+    "DISTILL_RECIPE",
+    "ZOO",
+    "ALIASES",
+    "ZooEntry",
+    "ZooModelUnavailableError",
+    "is_zoo_name",
+    "resolve",
+    "locate",
+    "entry_for_repo_id",
+    "list_models",
+]
+
+HUB_ORG = "raptor-zoo"
+"""Hub organisation of published zoo entries."""
+HUB_ORG_ENV = "RAPTOR_ZOO_HUB_ORG"
+"""Environment variable that redirects every Hub-hosted zoo entry to ``<org>/<name>``."""
+DISTILL_RECIPE = "recipes/distill.py"
+
+_DINOV2_SIZES = {"small": ("s", "vit_small"), "base": ("b", "vit_base"), "large": ("l", "vit_large"),
+                 "giant": ("g", "vit_giant")}
+_ZOO_NAME_RE = re.compile(r"^raptor-[a-z0-9]+(?:-[a-z0-9]+)*$")
+_RELAXED_RE = re.compile(r"^(?P<base>raptor-.+-k\d+)-r(?P<rank>[1-9]\d*)$")
+
+
+class ZooModelUnavailableError(FileNotFoundError):
+    """A zoo model that cannot be loaded here: unpublished, or embedded weights missing from the package."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: where its weights live and how to build it."""
+
+    name: str
+    teacher: str
+    k: int
+    recipe_config: str
+    schedule_source: str
+    block_schedule: tuple[int, ...] | None = None
+    published: bool = False
+    embedded: bool = False
+    relax_rank: int = 0
+    architecture: str | None = None
+    teacher_hub_id: str | None = None
+    license: str | None = None
+    datasets: tuple[str, ...] = ()
+
+    def repo_id(self, org: str | None = None) -> str:
+        """Hub repo id: ``<org>/<name>`` with org ``org``, else ``$RAPTOR_ZOO_HUB_ORG``, else ``raptor-zoo``."""
+        return f"{org or os.environ.get(HUB_ORG_ENV) or HUB_ORG}/{self.name}"
+
+    @property
+    def recipe_command(self) -> str:
+        """The command that distils this model locally."""
+        command = f"accelerate launch {DISTILL_RECIPE} --config {self.recipe_config}"
+        return command + (f" --relax-rank {self.relax_rank}" if self.relax_rank else "")
+
+    @property
+    def asset_dir(self) -> Path | None:
+        """Package folder of an embedded entry (it may not exist yet in a source checkout)."""
+        if not self.embedded:
+            return None
+        return Path(str(resources.files("raptor_zoo.assets").joinpath(self.name)))
+
+    @property
+    def available_offline(self) -> bool:
+        """Embedded weights present in the package, or the weights already in the local Hub cache."""
+        if self.embedded:
+            return (self.asset_dir / "model.safetensors").is_file()
+        from huggingface_hub import try_to_load_from_cache
+
+        return all(isinstance(try_to_load_from_cache(self.repo_id(), filename), str)
+                   for filename in ("config.json", "model.safetensors"))
+
+
+def _dinov2_entries() -> dict[str, ZooEntry]:
+    from .models.raptor_vit import RAPTOR_ARCHS
+
+    entries = {}
+    for size, (letter, prefix) in _DINOV2_SIZES.items():
+        for reg in (False, True):
+            teacher_arch = f"{prefix}_patch14{'_reg4' if reg else ''}_dinov2"
+            for k in (2, 3, 4):
+                name = f"raptor-dinov2-{size}{'-reg' if reg else ''}-k{k}"
+                arch = f"raptor_{teacher_arch}_k{k}"
+                spec = RAPTOR_ARCHS[arch]
+                entries[name] = ZooEntry(
+                    name=name,
+                    teacher=f"{teacher_arch}.lvd142m",
+                    k=k,
+                    recipe_config=f"recipes/configs/dinov2_vit{letter}14{'_reg4' if reg else ''}_k{k}.yaml",
+                    schedule_source=spec["schedule_source"],
+                    block_schedule=tuple(spec["block_schedule"]),
+                    architecture=arch,
+                    teacher_hub_id=f"timm/{teacher_arch}.lvd142m",
+                    license="apache-2.0",
+                    datasets=("imagenet-1k",),
+                )
+    return entries
+
+
+ZOO: dict[str, ZooEntry] = {
+    **_dinov2_entries(),
+    "raptor-digits-k2": ZooEntry(
+        name="raptor-digits-k2",
+        teacher="digits-vit",
+        k=2,
+        recipe_config="recipes/configs/digits_k2.yaml",
+        schedule_source="measured",
+        published=True,
+        embedded=True,
+        license="apache-2.0",
+    ),
+}
+"""Zoo name -> entry. The embedded entry's schedule is read from its shipped config.json."""
+
+ALIASES: dict[str, str] = {"raptor-dinov2-k2": "raptor-dinov2-base-reg-k2"}
+
+
+def is_zoo_name(name: str) -> bool:
+    """Whether ``name`` is spelled like a zoo name (``raptor-...``, no slash); it need not exist."""
+    return isinstance(name, str) and bool(_ZOO_NAME_RE.match(name))
+
+
+def resolve(name: str) -> ZooEntry:
+    """The entry of a zoo name or alias; relaxed names ``<entry>-r{R}`` derive from their base entry."""
+    name = ALIASES.get(name, name)
+    if name in ZOO:
+        return ZOO[name]
+    relaxed = _RELAXED_RE.match(name)
+    if relaxed:
+        base = ALIASES.get(relaxed.group("base"), relaxed.group("base"))
+        if base in ZOO and not ZOO[base].embedded:
+            return replace(ZOO[base], name=f"{base}-r{relaxed.group('rank')}",
+                           relax_rank=int(relaxed.group("rank")), published=False)
+    close = difflib.get_close_matches(name, [*ZOO, *ALIASES], n=3)
+    raise ValueError(
+        f"Unknown zoo model {name!r}." + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
+        + " raptor_zoo.list_models() lists the zoo; names are raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}"
+        "[-r{R}], raptor-dinov2-k2 and raptor-digits-k2.")
+
+
+def locate(entry: ZooEntry) -> tuple[str, str | Path]:
+    """Where an entry's folder comes from: ``("folder", path)`` or ``("hub", repo_id)``.
+
+    Raises :class:`ZooModelUnavailableError` (no network call) for unpublished entries without a
+    ``RAPTOR_ZOO_HUB_ORG`` redirect and for embedded entries whose files are missing.
+    """
+    if entry.embedded:
+        folder = entry.asset_dir
+        if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+            raise ZooModelUnavailableError(
+                f"The embedded zoo model {entry.name!r} is missing from this installation (expected "
+                f"config.json and model.safetensors in {folder}). Build it with `{entry.recipe_command}` and "
+                "load the output folder, or ship it there with "
+                f"raptor_zoo.hub.save_pretrained(model, {str(folder)!r}).")
+        return "folder", folder
+    org = os.environ.get(HUB_ORG_ENV)
+    if org:
+        return "hub", entry.repo_id(org)
+    if not entry.published:
+        raise ZooModelUnavailableError(
+            f"The zoo model {entry.name!r} is not published yet: it would be the Hub repo "
+            f"{entry.repo_id(HUB_ORG)!r}. Build it locally with `{entry.recipe_command}` and load the output "
+            f"folder with raptor_zoo.from_pretrained(<folder>), or push your own build and set "
+            f"{HUB_ORG_ENV}=<your org> to load <your org>/{entry.name}.")
+    return "hub", entry.repo_id(HUB_ORG)
+
+
+def entry_for_repo_id(repo_id: str) -> ZooEntry | None:
+    """The zoo entry a Hub repo id holds by name (``<any org>/<zoo name>``), if any."""
+    name = repo_id.split("@", 1)[0].rsplit("/", 1)[-1]
+    if not is_zoo_name(name):
+        return None
+    try:
+        return resolve(name)
+    except ValueError:
+        return None
+
+
+def _embedded_schedule(entry: ZooEntry) -> tuple[int, ...] | None:
+    import json
+
+    config = entry.asset_dir / "config.json"
+    if not config.is_file():
+        return None
+    return tuple(json.loads(config.read_text(encoding="utf-8")).get("block_schedule") or ()) or None
+
+
+def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
+    """Rows describing the zoo: name, repo_id, teacher, k, block_schedule, schedule_source, published,
+    available_offline, recipe_command. ``pattern`` filters names by substring."""
+    rows = []
+    for entry in ZOO.values():
+        if pattern and pattern not in entry.name:
+            continue
+        schedule = _embedded_schedule(entry) if entry.embedded else entry.block_schedule
+        rows.append(dict(
+            name=entry.name,
+            aliases=[alias for alias, target in ALIASES.items() if target == entry.name],
+            repo_id=entry.repo_id(),
+            teacher=entry.teacher,
+            k=entry.k,
+            block_schedule=schedule,
+            schedule_source=entry.schedule_source,
+            published=entry.published,
+            available_offline=entry.available_offline,
+            recipe_command=entry.recipe_command,
+        ))
+    return rows
