@@ -2,6 +2,7 @@
 
     raptor-zoo demo      embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save (offline, CPU)
     raptor-zoo phases    phase discovery on a teacher: distance matrix, max-cut phases, JSON + heatmap
+    raptor-zoo bench     throughput / latency of a Raptor against its teacher (JSON, Markdown, PNG)
     raptor-zoo push      upload a saved Raptor folder to the Hub (--dry-run lists what would go up)
 """
 import argparse
@@ -11,6 +12,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
+from .bench import add_bench_arguments
 from .hub import add_push_arguments, push_command
 
 __all__ = ['main', 'build_parser']
@@ -89,6 +91,16 @@ def _phase_ranges(boundaries) -> List[str]:
     return [f'{a + 1}-{b}' for a, b in zip(boundaries[:-1], boundaries[1:])]
 
 
+def _bench_command(args: argparse.Namespace) -> int:
+    from .bench import bench_command
+
+    try:
+        bench_command(args)
+    except ValueError as error:
+        args.parser.error(str(error))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='raptor-zoo', description='Raptors: block-recurrent surrogates of Vision Transformers.')
@@ -96,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     phases = subparsers.add_parser('phases', help='discover the phases of a teacher (distance matrix + max-cut)')
     _add_phases_arguments(phases)
     phases.set_defaults(func=phases_command)
+    bench = subparsers.add_parser('bench', help='throughput and latency of a Raptor against its teacher, side by side')
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench_command, parser=bench)
     push = subparsers.add_parser('push', help='upload a Raptor folder (weights, config, card) to the Hub')
     add_push_arguments(push)
     push.set_defaults(func=push_command)
