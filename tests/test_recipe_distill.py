@@ -1,0 +1,183 @@
+"""recipes/distill.py end to end: launched with `accelerate launch` on CPU (as accelerate's tests/test_examples.py
+does), plus in-process runs for the fast checks (bad input, non-finite loss, two-stage resume).
+
+Every run is tiny: a random-init digits-shaped teacher of depth 4, 40 training images, batch 8, a few steps."""
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from accelerate.utils import write_basic_config
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "distill.py"
+DIGITS_CONFIG = REPO / "recipes" / "configs" / "digits_k2.yaml"
+TINY = [
+    "--config", str(DIGITS_CONFIG),
+    "--no-teacher-pretrained", "--teacher-kwargs", '{"depth": 4, "init_values": 1.0}',
+    "--max-train-images", "40", "--phase-images", "32", "--eval-max-batches", "1",
+    "--max-steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--lr", "1e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def accelerate_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("accelerate") / "default_config.yml"
+    write_basic_config(mixed_precision="no", save_location=str(path))
+    return path
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def start(accelerate_config, args, num_processes=1):
+    """`accelerate launch` the recipe on CPU; several processes go through the distributed launcher (gloo on CPU)."""
+    launcher = ["--num_processes", str(num_processes)] + (["--multi_gpu"] if num_processes > 1 else [])
+    command = ["accelerate", "launch", "--config_file", str(accelerate_config), *launcher, str(RECIPE), "--cpu",
+               *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, expect_success=True, timeout=600):
+    output, _ = process.communicate(timeout=timeout)
+    if expect_success and process.returncode != 0:
+        pytest.fail(f"recipe failed with exit code {process.returncode}:\n{output[-6000:]}")
+    return output
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def assert_same_weights(first, second, atol=0.0):
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_weights_of_an_uninterrupted_run(accelerate_config, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    runs = [start(accelerate_config, TINY + ["--batch-size", "8", "--output-dir", full]),
+            start(accelerate_config, TINY + ["--batch-size", "8", "--output-dir", part, "--max-steps-this-run", "3"])]
+    finish(runs[0])
+    stopped = finish(runs[1])
+    assert "Continue with --resume latest" in stopped
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step_2", "step_3"]
+    assert not (part / "model.safetensors").exists()
+    run_state = json.loads((part / "checkpoints" / "step_3" / "run_state.json").read_text())
+    assert run_state["global_step"] == 3 and run_state["batches_in_epoch"] == 3  # 5 batches per epoch: mid-epoch
+
+    resumed = finish(start(accelerate_config, TINY + ["--batch-size", "8", "--output-dir", part, "--resume", "latest"]))
+    assert "Resumed from" in resumed and "at step 3" in resumed
+    assert_same_weights(full, part)
+    metrics = json.loads((part / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 6
+    assert len(metrics["cosine"]["all"]) == 5  # layers 0..4
+    for name in ("config.json", "README.md", "fidelity.png", "phases.json", "args.yaml"):
+        assert (part / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_at_the_same_global_batch(accelerate_config, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    runs = [start(accelerate_config, TINY + ["--batch-size", "8", "--output-dir", one]),
+            start(accelerate_config, TINY + ["--batch-size", "4", "--output-dir", two], num_processes=2)]
+    finish(runs[0])
+    finish(runs[1])
+    assert_same_weights(one, two, atol=1e-5)
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
+    assert metrics[1]["training"]["num_processes"] == 2
+    assert metrics[0]["training"]["global_batch_size"] == metrics[1]["training"]["global_batch_size"] == 8
+    assert metrics[0]["num_images"] == metrics[1]["num_images"] == 8
+    assert metrics[0]["mean_cosine"]["all"] == pytest.approx(metrics[1]["mean_cosine"]["all"], abs=1e-5)
+
+
+def test_missing_data_dir_fails_fast_through_accelerate_launch(accelerate_config, tmp_path):
+    missing = tmp_path / "no" / "such" / "imagefolder"
+    process = start(accelerate_config, TINY + ["--dataset", missing, "--output-dir", tmp_path / "out"])
+    output = finish(process, expect_success=False)
+    assert process.returncode != 0
+    assert "FileNotFoundError" in output and str(missing) in output
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------ in-process runs
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_recipe(recipe):
+    """Run the recipe in this process (no launcher): parse the flags, train, reset Accelerate's global state."""
+    def run(args):
+        config = recipe.parse_config(recipe.DistillConfig, [*map(str, TINY), "--cpu", "--batch-size", "8", *map(str, args)])
+        try:
+            return recipe.training_function(config)
+        finally:
+            AcceleratorState._reset_state(True)
+    yield run
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (["--k", "7"], ValueError, "--k 7 is out of range .* depth 4"),
+    (["--block-schedule", "2", "3"], ValueError, "sums to 5 .* depth 4"),
+    (["--phase-index", "3", "--schedule", "two_stage"], ValueError, "phase_index 3 is out of range"),
+    (["--dataset", "./missing_folder/"], FileNotFoundError, "No image directory"),
+    (["--init-from", "/nonexistent/run"], FileNotFoundError, "model.safetensors"),
+    (["--max-train-images", "5"], ValueError, "no full batch of --batch-size 8"),
+])
+def test_bad_input_fails_before_training(run_recipe, tmp_path, args, error, message):
+    with pytest.raises(error, match=message):
+        run_recipe(args + ["--output-dir", tmp_path / "out"])
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_resume_with_another_student_shape_fails(run_recipe, tmp_path):
+    run_recipe(["--output-dir", tmp_path, "--block-schedule", "2", "2", "--max-steps-this-run", "2"])
+    with pytest.raises(ValueError, match=r"block_schedule: checkpoint \[2, 2\] vs now \[1, 3\]"):
+        run_recipe(["--output-dir", tmp_path, "--block-schedule", "1", "3", "--resume", "latest"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        run_recipe(["--output-dir", tmp_path, "--resume", tmp_path / "checkpoints" / "step_99"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_recipe, tmp_path):
+    with pytest.raises(FloatingPointError, match="Non-finite loss .* Last good checkpoint: .*step_1"):
+        run_recipe(["--output-dir", tmp_path, "--block-schedule", "2", "2", "--lr", "1e30", "--grad-clip", "none",
+                    "--checkpoint-every", "1", "--max-steps", "100", "--tf-anneal-ratio", "0"])
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints and checkpoints[-1].startswith("step_")
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, tmp_path):
+    two_stage = ["--schedule", "two_stage", "--block-schedule", "2", "2", "--max-steps", "2", "--eval-every", "2"]
+    full = run_recipe(two_stage + ["--output-dir", tmp_path / "full"])
+    assert [stage["name"] for stage in full["training"]["stages"]] == ["phase_0", "phase_1", "joint"]
+    assert [entry["stage"] for entry in full["history"]] == ["phase_0", "phase_1"]
+    # stop in the middle of phase_1 (and of its first epoch: 5 batches of 8 per epoch), then resume
+    stopped = run_recipe(two_stage + ["--output-dir", tmp_path / "part", "--max-steps-this-run", "3"])
+    assert stopped == {"global_step": 3, "stopped_early": True}
+    run_state = json.loads((tmp_path / "part" / "checkpoints" / "step_3" / "run_state.json").read_text())
+    assert (run_state["stage_index"], run_state["stage_step"], run_state["batches_in_epoch"]) == (1, 1, 1)
+    resumed = run_recipe(two_stage + ["--output-dir", tmp_path / "part", "--resume", "latest"])
+    assert resumed["training"]["steps"] == 6
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
+    # stage 1 trained each block only on its own segment; the card and config record the schedule
+    config = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert config["block_schedule"] == [2, 2]
