@@ -25,7 +25,6 @@ Writes distill_<config>[_<img>px].json / .md into --out (default benchmarks/resu
 """
 import argparse
 import datetime
-import importlib.util
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raptor_zoo.bench import device_slug, environment_info, resolve_device, write_json
+from raptor_zoo.distill.recipe import DistillConfig
 from raptor_zoo.distill import TrajectoryDistillationTask, freeze_for_distillation, stage_plan
 from raptor_zoo.models.raptor_vit import (
     PAPER_PHASE_BOUNDARIES, RaptorVisionTransformer, even_block_schedule, scaled_paper_schedule)
@@ -45,21 +45,14 @@ from raptor_zoo.training import config_to_dict, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / 'benchmarks' / 'results'
-RECIPE = REPO_ROOT / 'recipes' / 'distill.py'
 AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def load_distill_config(recipe: Path, config: Path, overrides: list[str]) -> Any:
+def load_distill_config(config: Path, overrides: list[str]) -> Any:
     """The recipe's DistillConfig parsed from ``config`` and CLI-style ``overrides`` (recipe validation applies)."""
-    if not recipe.is_file():
-        raise FileNotFoundError(f'--recipe {recipe} does not exist; point it at recipes/distill.py.')
     if not config.is_file():
         raise FileNotFoundError(f'--config {config} does not exist; e.g. recipes/configs/digits_k2.yaml.')
-    spec = importlib.util.spec_from_file_location('raptor_zoo_recipe_distill', recipe)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return parse_config(module.DistillConfig, ['--config', str(config), *overrides])
+    return parse_config(DistillConfig, ['--config', str(config), *overrides])
 
 
 class SyncTimer:
@@ -247,7 +240,6 @@ def markdown_report(rows: list[dict[str, Any]], environment: dict[str, Any], set
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', required=True, help='a recipes/distill.py YAML config (required)')
-    parser.add_argument('--recipe', default=str(RECIPE), help=f'the distillation recipe (default: {RECIPE})')
     parser.add_argument('--device', default='auto', help="'cpu', 'cuda' or 'auto' (default: auto)")
     parser.add_argument('--img-size', type=int, default=None,
                         help="teacher_img_size override, e.g. 56 for a ViT-S/14 on CPU (default: the config's)")
@@ -279,7 +271,7 @@ def main(argv=None) -> int:
     if args.batch_size is not None:
         overrides += ['--batch-size', str(args.batch_size)]
     try:
-        config = load_distill_config(Path(args.recipe), Path(args.config), overrides)
+        config = load_distill_config(Path(args.config), overrides)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     mixed_precision = args.mixed_precision or (config.mixed_precision if on_gpu else 'no')

@@ -13,6 +13,7 @@ from typing import Iterator, List, Optional
 import torch
 
 from .bench import add_bench_arguments
+from .demo import add_demo_arguments, demo_command
 from .hub import add_push_arguments, push_command
 
 __all__ = ['main', 'build_parser']
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='raptor-zoo', description='Raptors: block-recurrent surrogates of Vision Transformers.')
     subparsers = parser.add_subparsers(dest='command', required=True)
+    demo = subparsers.add_parser(
+        'demo', help='the main job: embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save')
+    add_demo_arguments(demo)
+    demo.set_defaults(func=demo_command)
     phases = subparsers.add_parser('phases', help='discover the phases of a teacher (distance matrix + max-cut)')
     _add_phases_arguments(phases)
     phases.set_defaults(func=phases_command)

@@ -2,7 +2,6 @@
 does), plus in-process runs for the fast checks (bad input, non-finite loss, two-stage resume).
 
 Every run is tiny: a random-init digits-shaped teacher of depth 4, 40 training images, batch 8, a few steps."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -115,9 +114,7 @@ def test_missing_data_dir_fails_fast_through_accelerate_launch(accelerate_config
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import raptor_zoo.distill.recipe as module
     return module
 
 

@@ -1,0 +1,579 @@
+# Copyright 2026 The raptor_zoo developers. Licensed under the Apache License, Version 2.0.
+"""The distillation recipe's config and training function (`recipes/distill.py` launches it; `raptor-zoo demo`
+runs it in-process, so it ships with the package).
+
+Distil a teacher ViT into a Raptor (k unique blocks applied recurrently on a block schedule) by trajectory
+distillation: the teacher runs on the fly, its token trajectory is the target (DESIGN.md §5).
+
+Pipeline: teacher (`load_teacher`) -> data (digits / imagefolder / Hub dataset, timm transforms at the teacher's
+data_config; or synthetic images) -> phases (discovered on a few hundred training images, or given) -> Raptor
+initialised from the teacher -> stages (the paper's two stages, or one joint stage) -> fidelity and accuracy
+recovery -> saved model.
+
+This example trains with Accelerate, and the same script runs in every setup Accelerate supports:
+  - single CPU or single GPU:        accelerate launch recipes/distill.py --config recipes/configs/digits_k2.yaml
+  - CPU forced on a GPU machine:     accelerate launch --cpu recipes/distill.py --config ...
+  - multi-GPU (DDP):                 accelerate launch --multi_gpu --num_processes 8 recipes/distill.py --config ...
+  - multi-process CPU (DDP, gloo):   accelerate launch --multi_gpu --num_processes 2 recipes/distill.py --cpu --config ...
+  - mixed precision:                 ... --mixed-precision bf16   (or fp16)
+Any field of the config is a flag (`--max-steps 100`, `--lr 1e-3`, `--dataset path/to/imagefolder`).
+
+Outputs in --output-dir: args.yaml, phases.json + phase_heatmap.png (when discovered), checkpoints/step_N
+(atomic; `--resume latest` continues mid-epoch), metrics.json + fidelity.png, and the Raptor as a Hub folder
+(model.safetensors + config.json + README.md, raptor_zoo.hub.save_pretrained): it loads with
+`raptor_zoo.from_pretrained(<output-dir>)`.
+"""
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from raptor_zoo.data import build_transform, create_loader, load_image_dataset
+from raptor_zoo.distill import (
+    PAPER_JOINT_TOKEN_WEIGHTS,
+    PAPER_PHASE_TOKEN_WEIGHTS,
+    TrajectoryDistillationTask,
+    evaluate_fidelity,
+    fidelity_summary,
+    parse_phase_index,
+    plot_fidelity,
+    stage_plan,
+)
+from raptor_zoo.hub import HEATMAP_NAME, PHASES_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
+from raptor_zoo.models.raptor_vit import (
+    RaptorVisionTransformer,
+    even_block_schedule,
+    scaled_paper_schedule,
+    validate_block_schedule,
+)
+from raptor_zoo.phases import PhaseResult, discover
+from raptor_zoo.teachers import load_teacher
+from raptor_zoo.training import (
+    CheckpointManager,
+    command_line,
+    config_to_dict,
+    epoch_dataloader,
+    format_config,
+    parse_config,
+    save_config,
+)
+
+RUN_STATE_FILE = "run_state.json"
+# what must agree between a checkpoint and the config resuming it
+COMPATIBILITY_KEYS = (
+    "teacher", "teacher_depth", "embed_dim", "num_tokens", "block_schedule", "block_type", "t_scale", "stages")
+
+
+@dataclass
+class DistillConfig:
+    """Distil a teacher ViT into a Raptor with Accelerate."""
+    # teacher
+    teacher: str = field(default="digits-vit", metadata={
+        "group": "Teacher", "help": "'digits-vit', a timm ViT name, a folder or a Hub repo id (raptor_zoo.load_teacher)"})
+    teacher_pretrained: bool = field(default=True, metadata={
+        "group": "Teacher", "help": "load the teacher's weights (--no-teacher-pretrained: random init, for tests)"})
+    teacher_img_size: Optional[int] = field(default=None, metadata={
+        "group": "Teacher", "help": "image size to run the teacher at; none = its default (224 for DINOv2)"})
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "group": "Teacher", "help": "extra timm.create_model arguments for the teacher, as a mapping / JSON object"})
+    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "group": "Teacher", "help": "fp32 targets, or the teacher under bf16 autocast (targets cast to fp32)"})
+    # data
+    dataset: str = field(default="digits", metadata={
+        "group": "Data", "help": "'digits', an imagefolder directory or a Hub dataset id"})
+    train_split: str = field(default="train", metadata={"group": "Data", "help": "split to distil on"})
+    eval_split: str = field(default="test", metadata={"group": "Data", "help": "held-out split to evaluate on"})
+    streaming: bool = field(default=False, metadata={"group": "Data", "help": "stream the dataset (datasets)"})
+    image_column: str = field(default="image", metadata={"group": "Data", "help": "image column of the dataset"})
+    label_column: str = field(default="label", metadata={"group": "Data", "help": "label column of the dataset"})
+    max_train_images: Optional[int] = field(default=None, metadata={
+        "group": "Data", "help": "use only the first N training images (map-style datasets); none = all"})
+    augment: bool = field(default=False, metadata={
+        "group": "Data", "help": "timm training augmentation; off = one fixed view per image, as the paper"})
+    synthetic_data: bool = field(default=False, metadata={
+        "group": "Data", "help": "random normalised images at the teacher's input size instead of a dataset"})
+    synthetic_size: int = field(default=10_000, metadata={
+        "group": "Data", "help": "training images of the synthetic dataset (evaluation: 512)"})
+    num_workers: int = field(default=0, metadata={"group": "Data", "help": "DataLoader worker processes"})
+    # student
+    k: Optional[int] = field(default=2, metadata={
+        "group": "Student", "help": "number of unique blocks (ignored when block_schedule is given)"})
+    block_schedule: Optional[tuple[int, ...]] = field(default=None, metadata={
+        "group": "Student", "help": "explicit repeat counts summing to the teacher depth, e.g. 7 5; none = from phases"})
+    phases: Literal["auto", "even", "paper"] = field(default="auto", metadata={
+        "group": "Student", "help": "schedule without block_schedule: auto = phase discovery on phase_images "
+                                    "training images; even split; paper = DINOv2-B boundaries scaled"})
+    phase_images: int = field(default=256, metadata={"group": "Student", "help": "images for phase discovery"})
+    phase_metric: str = field(default="cls_patchmean", metadata={"group": "Student", "help": "phases.discover metric"})
+    phase_algorithm: Literal["divisive", "contiguous"] = field(default="divisive", metadata={
+        "group": "Student", "help": "phases.discover partition algorithm"})
+    block_type: Literal["teacher", "swiglu"] = field(default="teacher", metadata={
+        "group": "Student", "help": "teacher: the teacher's block (FLOP parity); swiglu: the paper's block"})
+    init: Optional[Literal["middle", "first", "mean", "random"]] = field(default=None, metadata={
+        "group": "Student", "help": "block init from the phase's teacher layers; none = middle (teacher) / random"})
+    t_scale: bool = field(default=True, metadata={"group": "Student", "help": "depth-scaling gates fed the layer index"})
+    drop_path_rate: float = field(default=0.0, metadata={"group": "Student", "help": "student stochastic depth"})
+    init_from: Optional[str] = field(default=None, metadata={
+        "group": "Student", "help": "folder with a model.safetensors of this student to start from"})
+    init_blocks_from: Optional[list[str]] = field(default=None, metadata={
+        "group": "Student", "help": "k folders with model.safetensors; block j is taken from folder j "
+                                    "(joins stage-1 jobs run with --phase-index j)"})
+    grad_checkpointing: bool = field(default=False, metadata={
+        "group": "Student", "help": "activation checkpointing of every block application"})
+    # objective
+    schedule: Literal["two_stage", "joint"] = field(default="two_stage", metadata={
+        "group": "Objective", "help": "two_stage: phase blocks alone then joint (the paper); joint: one joint stage"})
+    phase_index: str = field(default="all", metadata={
+        "group": "Objective", "help": "two_stage: 'all' phases one after the other, or one phase job (0-based)"})
+    phase_objective: Literal["tf_ar", "ar", "tf"] = field(default="tf_ar", metadata={
+        "group": "Objective", "help": "stage-1 objective: tf_ar = TF annealed into AR"})
+    joint_objective: Optional[Literal["tf_ar", "ar", "tf"]] = field(default=None, metadata={
+        "group": "Objective", "help": "joint-stage objective; none = ar (two_stage) / tf_ar (joint)"})
+    distance: Literal["mse", "cosine"] = field(default="mse", metadata={
+        "group": "Objective", "help": "trajectory distance: mse or 1 - cosine"})
+    phase_token_weights: Optional[tuple[float, float, float]] = field(default=None, metadata={
+        "group": "Objective", "help": "(cls, registers, patches) weights of phases before the last; none = plain"})
+    last_phase_token_weights: Optional[tuple[float, float, float]] = field(default=PAPER_PHASE_TOKEN_WEIGHTS, metadata={
+        "group": "Objective", "help": "(cls, registers, patches) weights of the last phase in stage 1"})
+    joint_token_weights: Optional[tuple[float, float, float]] = field(default=PAPER_JOINT_TOKEN_WEIGHTS, metadata={
+        "group": "Objective", "help": "(cls, registers, patches) weights of the joint stage; none = plain"})
+    tf_anneal_ratio: float = field(default=0.25, metadata={
+        "group": "Objective", "help": "fraction of a stage over which teacher forcing anneals into AR"})
+    tf_min: float = field(default=0.0, metadata={"group": "Objective", "help": "floor of the teacher-forcing weight"})
+    input_noise_std: float = field(default=0.0, metadata={
+        "group": "Objective", "help": "Gaussian noise sigma on block inputs while training"})
+    # optimisation
+    max_steps: int = field(default=312_500, metadata={
+        "group": "Optimisation", "help": "optimiser steps of the joint stage (and of each phase job)"})
+    phase_max_steps: Optional[int] = field(default=None, metadata={
+        "group": "Optimisation", "help": "optimiser steps of each stage-1 phase job; none = max_steps"})
+    batch_size: int = field(default=64, metadata={"group": "Optimisation", "help": "batch size per process"})
+    eval_batch_size: Optional[int] = field(default=None, metadata={
+        "group": "Optimisation", "help": "evaluation batch size per process; none = batch_size"})
+    lr: float = field(default=3e-4, metadata={"group": "Optimisation", "help": "peak AdamW learning rate"})
+    min_lr: float = field(default=1e-6, metadata={"group": "Optimisation", "help": "cosine schedule floor"})
+    warmup_steps: int = field(default=10_000, metadata={
+        "group": "Optimisation", "help": "linear warmup steps from 0 at the start of every stage"})
+    weight_decay: float = field(default=1e-4, metadata={"group": "Optimisation", "help": "AdamW weight decay"})
+    grad_clip: Optional[float] = field(default=1.0, metadata={
+        "group": "Optimisation", "help": "max gradient norm, none to disable"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "group": "Optimisation", "help": "micro-batches per optimiser step"})
+    seed: int = field(default=0, metadata={"group": "Optimisation", "help": "seed of init and data order"})
+    # run
+    output_dir: str = field(default="outputs/distill", metadata={"group": "Run", "help": "where results go"})
+    checkpoint_every: int = field(default=5000, metadata={
+        "group": "Run", "help": "checkpoint interval in optimiser steps, 0 = only at the end"})
+    keep_checkpoints: int = field(default=3, metadata={"group": "Run", "help": "checkpoints kept"})
+    resume: Optional[str] = field(default=None, metadata={
+        "group": "Run", "help": "'latest' (starts fresh if there is none) or a checkpoints/step_N folder"})
+    max_steps_this_run: Optional[int] = field(default=None, metadata={
+        "group": "Run", "help": "stop after this many optimiser steps in this process (checkpointed), then resume"})
+    eval_every: int = field(default=0, metadata={
+        "group": "Run", "help": "fidelity evaluation interval in steps, 0 = only at the end"})
+    eval_max_batches: Optional[int] = field(default=None, metadata={
+        "group": "Run", "help": "evaluation batches per process; none = the whole held-out split"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={
+        "group": "Run", "help": "autocast of the student"})
+    cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
+    log_with: Optional[str] = field(default=None, metadata={
+        "group": "Run", "help": "accelerate tracker (tensorboard, wandb, ...), none = no tracker"})
+
+    def __post_init__(self):
+        positive = {
+            "batch_size": self.batch_size, "max_steps": self.max_steps, "phase_images": self.phase_images,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps, "keep_checkpoints": self.keep_checkpoints,
+            "synthetic_size": self.synthetic_size}
+        optional_positive = {
+            "k": self.k, "phase_max_steps": self.phase_max_steps, "eval_batch_size": self.eval_batch_size,
+            "max_train_images": self.max_train_images, "max_steps_this_run": self.max_steps_this_run,
+            "eval_max_batches": self.eval_max_batches}
+        positive.update({name: value for name, value in optional_positive.items() if value is not None})
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+        for name in ("checkpoint_every", "eval_every", "warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        if self.k is None and self.block_schedule is None:
+            raise ValueError("Pass --k (number of unique blocks) or an explicit --block-schedule.")
+        if self.init_blocks_from is not None and self.init_from is not None:
+            raise ValueError("Pass --init-from (a whole student) or --init-blocks-from (one folder per block), not both.")
+
+
+class SyntheticImages(Dataset):
+    """Random normalised images ``N(0, 1)`` of one size, reproducible per index; label -1 (no accuracy)."""
+
+    def __init__(self, num_images: int, input_size: tuple[int, int, int], seed: int = 0):
+        self.num_images = num_images
+        self.input_size = tuple(input_size)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randn(self.input_size, generator=generator), -1
+
+
+def load_datasets(config: DistillConfig):
+    """(train, eval) image datasets; None when the data is synthetic (its size comes from the teacher)."""
+    if config.synthetic_data:
+        return None, None
+    columns = dict(image_column=config.image_column, label_column=config.label_column)
+    train_set = load_image_dataset(config.dataset, split=config.train_split, streaming=config.streaming, **columns)
+    eval_set = load_image_dataset(config.dataset, split=config.eval_split, streaming=config.streaming, **columns)
+    if config.max_train_images is not None:
+        if config.streaming:
+            train_set = train_set.take(config.max_train_images)
+        else:
+            train_set = train_set.select(range(min(config.max_train_images, len(train_set))))
+    return train_set, eval_set
+
+
+def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dict) -> tuple[DataLoader, DataLoader]:
+    """(train, eval) loaders of normalised images at the teacher's data_config."""
+    eval_batch_size = config.eval_batch_size or config.batch_size
+    if config.synthetic_data:
+        train_set = SyntheticImages(config.synthetic_size, data_config["input_size"], seed=config.seed)
+        eval_set = SyntheticImages(512, data_config["input_size"], seed=config.seed + 1)
+        generator = torch.Generator().manual_seed(config.seed)
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=config.num_workers, generator=generator)
+        return train_loader, DataLoader(eval_set, batch_size=eval_batch_size, num_workers=config.num_workers)
+    train_transform = None if config.augment else build_transform(data_config, is_training=False)
+    train_loader = create_loader(train_set, data_config, config.batch_size, is_training=True, seed=config.seed,
+                                 num_workers=config.num_workers, transform=train_transform)
+    eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers)
+    return train_loader, eval_loader
+
+
+def phase_discovery_images(train_loader: DataLoader, data_config: dict, num_images: int) -> torch.Tensor:
+    """The first ``num_images`` training images, in order and without augmentation, as one tensor."""
+    dataset = train_loader.dataset
+    if hasattr(dataset, "transform"):
+        dataset = copy.copy(dataset)
+        dataset.transform = build_transform(data_config, is_training=False)
+    images, total = [], 0
+    for batch in DataLoader(dataset, batch_size=64, shuffle=False):
+        images.append(batch[0])
+        total += batch[0].shape[0]
+        if total >= num_images:
+            break
+    return torch.cat(images)[:num_images]
+
+
+def resolve_block_schedule(config: DistillConfig, teacher, train_loader: DataLoader, accelerator: Accelerator,
+                           resumed_state: Optional[dict]):
+    """(block_schedule, PhaseResult or None): explicit > the resumed checkpoint's > discovered / even / paper."""
+    depth = teacher.depth
+    if config.block_schedule is not None:
+        return validate_block_schedule(config.block_schedule, depth), None
+    if not 1 <= config.k <= depth:
+        raise ValueError(f"--k {config.k} is out of range for teacher {teacher.name!r} of depth {depth}; "
+                         f"use 1 <= k <= {depth}.")
+    if resumed_state is not None:
+        schedule = tuple(resumed_state["block_schedule"])
+        saved_phases = Path(config.output_dir) / PHASES_NAME
+        phases = PhaseResult.load(saved_phases) if config.phases == "auto" and saved_phases.is_file() else None
+        return schedule, phases if phases is not None and tuple(phases.block_schedule) == schedule else None
+    if config.phases == "even":
+        return even_block_schedule(depth, config.k), None
+    if config.phases == "paper":
+        return scaled_paper_schedule(depth, config.k), None
+    result = [None]
+    if accelerator.is_main_process:
+        images = phase_discovery_images(train_loader, teacher.data_config, config.phase_images)
+        result = [discover(teacher, images.to(accelerator.device), k=config.k, metric=config.phase_metric,
+                           algorithm=config.phase_algorithm).to_dict()]
+    broadcast_object_list(result)
+    phases = PhaseResult.from_dict(result[0])
+    return tuple(phases.block_schedule), phases
+
+
+def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig) -> None:
+    """--init-from (whole student, strict) or --init-blocks-from (block j from folder j)."""
+    def weights(folder: str) -> dict:
+        return load_state_dict(Path(folder) / WEIGHTS_NAME)
+
+    if config.init_from is not None:
+        student.load_state_dict(weights(config.init_from), strict=True)
+    if config.init_blocks_from is not None:
+        if len(config.init_blocks_from) != len(student.blocks):
+            raise ValueError(f"--init-blocks-from needs one folder per block ({len(student.blocks)}), "
+                             f"got {len(config.init_blocks_from)}.")
+        for j, folder in enumerate(config.init_blocks_from):
+            prefix = f"blocks.{j}."
+            block_state = {key[len(prefix):]: value for key, value in weights(folder).items() if key.startswith(prefix)}
+            student.blocks[j].load_state_dict(block_state, strict=True)
+
+
+def run_identity(config: DistillConfig, teacher, student: RaptorVisionTransformer, stages) -> dict:
+    """What a checkpoint records about the run, so a resume with another teacher or student shape fails early."""
+    return {
+        "teacher": teacher.name,
+        "teacher_depth": teacher.depth,
+        "embed_dim": teacher.embed_dim,
+        "num_tokens": teacher.num_tokens,
+        "block_schedule": list(student.block_schedule),
+        "block_type": config.block_type,
+        "t_scale": config.t_scale,
+        "stages": [stage.to_dict() for stage in stages],
+    }
+
+
+def read_run_state(checkpoint: Path) -> dict:
+    path = checkpoint / RUN_STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {checkpoint} has no {RUN_STATE_FILE}; it was not written by "
+                                "recipes/distill.py. Start a fresh run with another --output-dir.")
+    return json.loads(path.read_text())
+
+
+def check_compatible(saved: dict, current: dict, checkpoint: Path) -> None:
+    """Raise naming every field where the checkpoint and the resuming config disagree."""
+    differences = [f"{key}: checkpoint {saved.get(key)!r} vs now {current[key]!r}"
+                   for key in COMPATIBILITY_KEYS if saved.get(key) != current[key]]
+    if differences:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was written by a different run setup:\n  " + "\n  ".join(differences)
+            + "\nResume with the config that wrote it (its args.yaml), or start fresh with another --output-dir.")
+
+
+def card_metrics(config: DistillConfig, metrics: dict) -> dict:
+    """The measured numbers in the model card's terms (raptor_zoo.cards.METRIC_FIELDS)."""
+    card = {"num_eval_images": metrics["num_images"], "fidelity": metrics["cosine"]["all"][1:],
+            "fidelity_metric": "cosine similarity to the teacher's states (all tokens)"}
+    if metrics["raptor_accuracy"] is not None:
+        if config.dataset == "digits":
+            name, dataset_type = "scikit-learn digits (raptor_zoo held-out split)", "sklearn-digits"
+        else:
+            name = dataset_type = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
+        card.update(dataset_name=name, dataset_type=dataset_type, dataset_split=config.eval_split,
+                    teacher_accuracy=metrics["teacher_accuracy"], raptor_accuracy=metrics["raptor_accuracy"])
+    return card
+
+
+def training_function(config: DistillConfig) -> dict:
+    accelerator = Accelerator(
+        cpu=config.cpu,
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.log_with,
+        project_dir=config.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
+    output_dir = Path(config.output_dir)
+    accelerator.print(format_config(config))
+    if accelerator.is_main_process:
+        save_config(config, output_dir)
+    if config.log_with:
+        accelerator.init_trackers("distill", config=config_to_dict(config))
+    if accelerator.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # fp32 teacher targets with TF32 matmuls (DESIGN.md §5)
+    set_seed(config.seed)
+
+    # data (a missing data directory fails here, first), teacher, loaders at the teacher's data_config
+    train_set, eval_set = load_datasets(config)
+    teacher = load_teacher(config.teacher, pretrained=config.teacher_pretrained, img_size=config.teacher_img_size,
+                           **config.teacher_kwargs)
+    train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher.data_config)
+    if not config.streaming and len(train_loader) < accelerator.num_processes:
+        raise ValueError(
+            f"{len(train_loader.dataset)} training images give no full batch of --batch-size {config.batch_size} for "
+            f"each of {accelerator.num_processes} process(es); lower --batch-size or use more images.")
+    teacher.to(accelerator.device)
+
+    # resume: the checkpoint's run state is read before anything is built from the config
+    checkpoints = CheckpointManager(accelerator, output_dir, keep_last=config.keep_checkpoints)
+    resume_from = None
+    if config.resume == "latest":
+        resume_from = checkpoints.latest()
+        if resume_from is None:
+            accelerator.print(f"No checkpoint in {checkpoints.checkpoint_dir} yet; starting from step 0.")
+    elif config.resume:
+        resume_from = Path(config.resume)
+        if not resume_from.is_dir():
+            raise FileNotFoundError(f"Checkpoint folder {config.resume!r} not found; pass 'latest' or an existing "
+                                    "checkpoints/step_N folder.")
+    resumed_state = read_run_state(resume_from) if resume_from is not None else None
+
+    # student: schedule (given / resumed / discovered), initialised from the teacher
+    k = len(config.block_schedule) if config.block_schedule is not None else config.k
+    stages = stage_plan(
+        config.schedule, k, config.max_steps, config.phase_index, config.phase_max_steps,
+        config.phase_objective, config.joint_objective, config.phase_token_weights, config.last_phase_token_weights,
+        config.joint_token_weights)
+    if config.init_blocks_from is not None and parse_phase_index(config.phase_index, k) is not None:
+        raise ValueError("--init-blocks-from starts a joint run from stage-1 jobs; use it with --phase-index all.")
+    block_schedule, phases = resolve_block_schedule(config, teacher, train_loader, accelerator, resumed_state)
+    set_seed(config.seed)
+    student = RaptorVisionTransformer.from_teacher(
+        teacher, block_schedule=block_schedule, block_type=config.block_type, init=config.init,
+        t_scale=config.t_scale, drop_path_rate=config.drop_path_rate)
+    if phases is not None:
+        student.raptor_meta.update(schedule_source="measured", phase_metric=phases.metric,
+                                   phase_algorithm=phases.algorithm, phase_num_images=phases.num_images)
+        if accelerator.is_main_process and resumed_state is None:
+            (output_dir / PHASES_NAME).write_text(json.dumps(phases.to_dict(), indent=2) + "\n")
+            phases.plot(output_dir / HEATMAP_NAME)
+    load_student_weights(student, config)
+    if config.grad_checkpointing:
+        student.set_grad_checkpointing(True)
+    identity = run_identity(config, teacher, student, stages)
+    if resumed_state is not None:
+        check_compatible(resumed_state, identity, resume_from)
+    accelerator.print(f"teacher {teacher.name} (depth {teacher.depth}, {teacher.num_tokens} tokens); "
+                      f"Raptor block_schedule {tuple(student.block_schedule)}; stages "
+                      + ", ".join(f"{s.name} ({s.objective}, {s.max_steps} steps)" for s in stages))
+
+    # the run position travels in every checkpoint (written into the temporary folder before it is renamed)
+    position = {"stage_index": 0, "stage_step": 0, "epoch": 0, "batches_in_epoch": 0}
+
+    def write_run_state(models, weights, checkpoint_dir):
+        if accelerator.is_main_process:
+            state = dict(identity, **position, global_step=checkpoints.progress.step)
+            (Path(checkpoint_dir) / RUN_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    accelerator.register_save_state_pre_hook(write_run_state)
+
+    total_steps = sum(stage.max_steps for stage in stages)
+    global_step, start_stage, steps_this_run = 0, 0, 0
+    if resumed_state is not None:
+        start_stage = resumed_state["stage_index"]
+    history: list[dict] = []
+    stopped_early = False
+    start_time = time.perf_counter()
+    progress = tqdm(total=total_steps, desc="distill", disable=not accelerator.is_local_main_process)
+    for stage_index in range(start_stage, len(stages)):
+        stage = stages[stage_index]
+        accelerator.free_memory()
+        task = TrajectoryDistillationTask(
+            student, teacher, tf_anneal_ratio=config.tf_anneal_ratio, tf_min=config.tf_min, distance=config.distance,
+            input_noise_std=config.input_noise_std, teacher_precision=config.teacher_precision, **stage.task_kwargs())
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=max(stage.max_steps - config.warmup_steps, 1), lr_min=config.min_lr,
+            warmup_t=config.warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+        task, optimizer, stage_train_loader, stage_eval_loader = accelerator.prepare(
+            task, optimizer, train_loader, eval_loader)
+
+        stage_step, start_epoch, batches_to_skip = 0, 0, 0
+        if resumed_state is not None and stage_index == start_stage:
+            global_step = checkpoints.resume(resume_from)
+            stage_step = resumed_state["stage_step"]
+            start_epoch, batches_to_skip = resumed_state["epoch"], resumed_state["batches_in_epoch"]
+            accelerator.print(f"Resumed from {resume_from} at step {global_step} ({stage.name} step {stage_step}).")
+            progress.update(global_step)
+        position.update(stage_index=stage_index, stage_step=stage_step, epoch=start_epoch,
+                        batches_in_epoch=batches_to_skip)
+        task.train()
+        for epoch in count(start_epoch):
+            if stage_step >= stage.max_steps or stopped_early:
+                break
+            position.update(epoch=epoch, batches_in_epoch=batches_to_skip if epoch == start_epoch else 0)
+            batches_seen = 0
+            for images, _ in epoch_dataloader(accelerator, stage_train_loader, epoch, start_epoch, batches_to_skip):
+                batches_seen += 1
+                with accelerator.accumulate(task):
+                    scheduler.step_update(num_updates=stage_step + 1)
+                    out = task(images, step=stage_step)
+                    loss = out["loss"]
+                    accelerator.backward(loss)
+                    losses = accelerator.gather(loss.detach().reshape(1))
+                    if not torch.isfinite(losses).all():
+                        latest = checkpoints.latest()
+                        raise FloatingPointError(
+                            f"Non-finite loss {losses.tolist()} at {stage.name} step {stage_step} (global step "
+                            f"{global_step}); training stopped before applying it. Last good checkpoint: "
+                            f"{latest if latest is not None else 'none'}. Try a lower --lr, --mixed-precision no, "
+                            "or --teacher-precision fp32, then --resume latest.")
+                    if accelerator.sync_gradients and config.grad_clip is not None:
+                        accelerator.clip_grad_norm_(trainable, config.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                position["batches_in_epoch"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                stage_step += 1
+                global_step += 1
+                steps_this_run += 1
+                position["stage_step"] = stage_step
+                lr = optimizer.param_groups[0]["lr"]
+                logs = {"loss": loss.item(), "tf_weight": out["tf_weight"], "lr": lr}
+                logs.update({name: out[name].item() for name in ("tf_loss", "ar_loss") if out[name] is not None})
+                progress.set_postfix(stage=stage.name, loss=f"{logs['loss']:.4g}", tf=f"{out['tf_weight']:.2f}",
+                                     lr=f"{lr:.2e}", refresh=False)
+                progress.update(1)
+                if config.log_with:
+                    accelerator.log({f"{stage.name}/{name}": value for name, value in logs.items()}, step=global_step)
+                stage_done = stage_step >= stage.max_steps
+                stop_now = (config.max_steps_this_run is not None and steps_this_run >= config.max_steps_this_run
+                            and global_step < total_steps)
+                if (config.checkpoint_every and global_step % config.checkpoint_every == 0) or stage_done or stop_now:
+                    checkpoints.save(global_step)
+                last_step = stage_done and stage_index == len(stages) - 1
+                if config.eval_every and (global_step % config.eval_every == 0 or stage_done) and not last_step:
+                    metrics = evaluate_fidelity(student, teacher, stage_eval_loader, config.eval_max_batches,
+                                                accelerator=accelerator, progress=False)
+                    history.append({"step": global_step, "stage": stage.name, **metrics})
+                    accelerator.print(f"step {global_step} ({stage.name}): {fidelity_summary(metrics)}")
+                    if config.log_with:
+                        accelerator.log({"eval/mean_cosine": metrics["mean_cosine"]["all"],
+                                         "eval/r2_paper": metrics["r2_paper_all_layers"]}, step=global_step)
+                    task.train()
+                if stop_now:
+                    stopped_early = True
+                if stage_done or stopped_early:
+                    break
+            if batches_seen == 0 and batches_to_skip == 0:
+                raise ValueError(f"The training data yielded no batch in epoch {epoch}; check --dataset and "
+                                 f"--train-split, or lower --batch-size {config.batch_size}.")
+            batches_to_skip = 0
+        if stopped_early:
+            break
+    progress.close()
+    train_time_s = time.perf_counter() - start_time
+    if stopped_early:
+        accelerator.print(f"Stopped after {steps_this_run} steps this run (global step {global_step} of "
+                          f"{total_steps}); checkpoint {checkpoints.latest()}. Continue with --resume latest.")
+        accelerator.end_training()
+        return {"global_step": global_step, "stopped_early": True}
+
+    # evaluation and the saved Raptor
+    metrics = evaluate_fidelity(student, teacher, stage_eval_loader, config.eval_max_batches, accelerator=accelerator)
+    training = {
+        "command": command_line(), "teacher": teacher.name, "dataset": "synthetic" if config.synthetic_data
+        else config.dataset, "schedule": config.schedule, "stages": [stage.to_dict() for stage in stages],
+        "block_schedule": list(student.block_schedule), "seed": config.seed, "steps": global_step,
+        "global_batch_size": config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps,
+        "num_processes": accelerator.num_processes, "mixed_precision": config.mixed_precision,
+        "teacher_precision": config.teacher_precision, "train_time_s": train_time_s,
+    }
+    result = {**metrics, "training": training, "history": history}
+    if accelerator.is_main_process:
+        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_fidelity(metrics, output_dir / "fidelity.png")
+        save_pretrained(student, output_dir, phases=phases, metrics=card_metrics(config, metrics), training=training,
+                        plots={"fidelity.png": output_dir / "fidelity.png"})
+    mean_cosine = metrics["mean_cosine"]["all"]
+    accelerator.print(
+        f"done: {global_step} steps in {train_time_s:.0f} s ({train_time_s / max(steps_this_run, 1):.3f} s/step); "
+        f"block_schedule {tuple(student.block_schedule)}; mean per-layer cosine {mean_cosine:.4f}; "
+        + (f"teacher accuracy {metrics['teacher_accuracy']:.4f}, Raptor accuracy {metrics['raptor_accuracy']:.4f}, "
+           f"recovery {metrics['recovery']:.4f}; " if metrics["recovery"] is not None else "")
+        + f"saved to {output_dir}")
+    accelerator.end_training()
+    return result
