@@ -3,6 +3,7 @@
     raptor-zoo demo      embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save (offline, CPU)
     raptor-zoo phases    phase discovery on a teacher: distance matrix, max-cut phases, JSON + heatmap
     raptor-zoo bench     throughput / latency of a Raptor against its teacher (JSON, Markdown, PNG)
+    raptor-zoo analyze   dynamical interpretability of a Raptor and its teacher (JSON + PNGs)
     raptor-zoo push      upload a saved Raptor folder to the Hub (--dry-run lists what would go up)
 """
 import argparse
@@ -12,6 +13,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
+from .analysis.cli import add_analyze_arguments, analyze_command
 from .bench import add_bench_arguments
 from .demo import add_demo_arguments, demo_command
 from .hub import add_push_arguments, push_command
@@ -116,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subparsers.add_parser('bench', help='throughput and latency of a Raptor against its teacher, side by side')
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench_command, parser=bench)
+    analyze = subparsers.add_parser(
+        'analyze', help='dynamical interpretability: token dynamics, update ranks, basins, phase view (JSON + PNGs)')
+    add_analyze_arguments(analyze)
+    analyze.set_defaults(func=analyze_command)
     push = subparsers.add_parser('push', help='upload a Raptor folder (weights, config, card) to the Hub')
     add_push_arguments(push)
     push.set_defaults(func=push_command)
