@@ -1,0 +1,177 @@
+# Copyright 2026 The raptor_zoo developers. Licensed under the Apache License, Version 2.0.
+"""Linear probe of a frozen backbone (a Raptor or any teacher ViT) with Accelerate: the paper's DINOv2 protocol.
+
+Features = concat(cls token, mean of the patch tokens) after the final norm, extracted once per split (optionally
+cached as safetensors keyed by backbone + split + input size), then a linear classifier (AdamW, cosine) trained on
+them; top-1 / top-5 on the held-out split. `--compare` probes the Raptor and its teacher (config.json `teacher`,
+or `--teacher`) on the same split and reports the recovery ratio Raptor / teacher, the paper's headline number.
+
+  accelerate launch --cpu recipes/linear_probe.py --compare --backbone raptor-digits-k2
+  accelerate launch recipes/linear_probe.py --config recipes/configs/digits_probe.yaml --backbone path/to/raptor
+  accelerate launch recipes/linear_probe.py --backbone vit_small_patch14_dinov2.lvd142m --dataset path/to/imagefolder
+
+Any config field is a flag. Output: --output-dir/linear_probe.json (and args.yaml).
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from raptor_zoo.data import build_transform, create_loader, load_image_dataset
+from raptor_zoo.downstream import (
+    LoadedBackbone,
+    backbone_kind,
+    cached_features,
+    extract_features,
+    feature_cache_path,
+    load_backbone,
+    topk_accuracy,
+    train_linear_probe,
+)
+from raptor_zoo.training import command_line, format_config, parse_config, save_config
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe of a frozen Raptor or teacher (concat(cls, mean patch) features, linear head)."""
+    backbone: str = field(default="raptor-digits-k2", metadata={
+        "group": "Backbone", "help": "Raptor zoo name / folder / Hub repo, or any teacher load_teacher accepts"})
+    backbone_kind: Literal["auto", "raptor", "teacher"] = field(default="auto", metadata={
+        "group": "Backbone", "help": "auto: zoo names and Raptor folders are Raptors, the rest teachers"})
+    compare: bool = field(default=False, metadata={
+        "group": "Backbone", "help": "also probe the Raptor's teacher and report the recovery ratio"})
+    teacher: Optional[str] = field(default=None, metadata={
+        "group": "Backbone", "help": "teacher for --compare; none = the Raptor's config.json 'teacher'"})
+    teacher_pretrained: bool = field(default=True, metadata={
+        "group": "Backbone", "help": "load teacher weights (--no-teacher-pretrained: random init, for tests)"})
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "group": "Backbone", "help": "extra timm.create_model arguments for a teacher, as a JSON object"})
+    dataset: str = field(default="digits", metadata={
+        "group": "Data", "help": "'digits', an imagefolder directory or a Hub dataset id"})
+    train_split: str = field(default="train", metadata={"group": "Data", "help": "split the probe trains on"})
+    eval_split: str = field(default="test", metadata={"group": "Data", "help": "held-out split"})
+    image_column: str = field(default="image", metadata={"group": "Data", "help": "image column"})
+    label_column: str = field(default="label", metadata={"group": "Data", "help": "label column"})
+    max_train_images: Optional[int] = field(default=None, metadata={
+        "group": "Data", "help": "use the first N training images; none = all"})
+    max_eval_images: Optional[int] = field(default=None, metadata={
+        "group": "Data", "help": "use the first N held-out images; none = all"})
+    batch_size: int = field(default=64, metadata={"group": "Data", "help": "feature-extraction batch per process"})
+    num_workers: int = field(default=0, metadata={"group": "Data", "help": "DataLoader workers"})
+    cache_dir: Optional[str] = field(default=None, metadata={
+        "group": "Data", "help": "cache features here as safetensors (backbone+split+size); none = no cache"})
+    epochs: int = field(default=20, metadata={"group": "Probe", "help": "epochs of the linear head"})
+    lr: float = field(default=1e-2, metadata={"group": "Probe", "help": "peak AdamW learning rate (cosine to 0)"})
+    weight_decay: float = field(default=1e-4, metadata={"group": "Probe", "help": "AdamW weight decay"})
+    probe_batch_size: int = field(default=256, metadata={"group": "Probe", "help": "batch of the head's training"})
+    seed: int = field(default=0, metadata={"group": "Probe", "help": "seed of the head's init and order"})
+    output_dir: str = field(default="outputs/linear_probe", metadata={"group": "Run", "help": "where results go"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={
+        "group": "Run", "help": "autocast of the backbone during feature extraction"})
+    cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "probe_batch_size", "max_train_images", "max_eval_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+
+
+def load_splits(config: ProbeConfig):
+    """(train, eval) datasets, truncated to --max-train-images / --max-eval-images."""
+    columns = dict(image_column=config.image_column, label_column=config.label_column)
+    splits = []
+    for split, limit in ((config.train_split, config.max_train_images), (config.eval_split, config.max_eval_images)):
+        dataset = load_image_dataset(config.dataset, split=split, **columns)
+        splits.append(dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset)
+    return splits
+
+
+def probe(config: ProbeConfig, backbone: LoadedBackbone, train_set, eval_set, accelerator: Accelerator) -> dict:
+    """Extract (or load cached) features of both splits, train the head, top-1 / top-5 on the held-out split."""
+    transform = build_transform(backbone.data_config, is_training=False)
+    model = backbone.model.to(accelerator.device)
+    features = {}
+    for split, dataset in ((config.train_split, train_set), (config.eval_split, eval_set)):
+        loader = accelerator.prepare_data_loader(create_loader(
+            dataset, backbone.data_config, config.batch_size, is_training=False, num_workers=config.num_workers,
+            transform=transform))
+
+        def compute(loader=loader, split=split):
+            with accelerator.autocast():
+                return extract_features(model, loader, accelerator, desc=f"{backbone.name} {split}")
+
+        path = feature_cache_path(config.cache_dir, backbone.name, split, backbone.data_config) \
+            if config.cache_dir else None
+        features[split] = cached_features(path, compute, write=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+    (train_x, train_y), (eval_x, eval_y) = features[config.train_split], features[config.eval_split]
+    num_classes = int(max(train_y.max(), eval_y.max())) + 1
+    head = train_linear_probe(train_x, train_y, num_classes, epochs=config.epochs, lr=config.lr,
+                              weight_decay=config.weight_decay, batch_size=config.probe_batch_size, seed=config.seed,
+                              progress=accelerator.is_local_main_process)
+    with torch.no_grad():
+        accuracy = topk_accuracy(head(eval_x), eval_y)
+        train_accuracy = topk_accuracy(head(train_x), train_y, ks=(1,))["top1"]
+    model.cpu()
+    return {"backbone": backbone.name, "kind": backbone.kind, **accuracy, "train_top1": train_accuracy,
+            "num_features": train_x.shape[1], "num_classes": num_classes, "num_train_images": len(train_y),
+            "num_eval_images": len(eval_y), "input_size": list(backbone.data_config["input_size"])}
+
+
+def linear_probe_function(config: ProbeConfig) -> dict:
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    output_dir = Path(config.output_dir)
+    accelerator.print(format_config(config))
+    set_seed(config.seed)
+    train_set, eval_set = load_splits(config)
+    kind = backbone_kind(config.backbone) if config.backbone_kind == "auto" else config.backbone_kind
+    backbone = load_backbone(config.backbone, kind=kind, pretrained=config.teacher_pretrained,
+                             **(config.teacher_kwargs if kind == "teacher" else {}))
+    teacher = None
+    if config.compare:
+        if backbone.kind != "raptor":
+            raise ValueError(f"--compare probes a Raptor against its teacher, but --backbone {config.backbone!r} is a "
+                             "teacher; pass a Raptor (zoo name or folder), or --backbone-kind raptor.")
+        teacher_id = config.teacher or backbone.teacher
+        if teacher_id is None:
+            raise ValueError(f"Raptor {config.backbone!r} records no teacher in its config.json; pass --teacher.")
+        teacher = load_backbone(teacher_id, kind="teacher", pretrained=config.teacher_pretrained,
+                                **config.teacher_kwargs)
+    if accelerator.is_main_process:
+        save_config(config, output_dir)
+
+    result: dict[str, Any] = {"command": command_line(), "dataset": config.dataset, "eval_split": config.eval_split,
+                              "raptor" if backbone.kind == "raptor" else "backbone":
+                                  probe(config, backbone, train_set, eval_set, accelerator)}
+    rows = [("backbone", result.get("raptor") or result["backbone"])]
+    if teacher is not None:
+        result["teacher"] = probe(config, teacher, train_set, eval_set, accelerator)
+        result["recovery"] = {k: result["raptor"][k] / result["teacher"][k] if result["teacher"][k] > 0 else None
+                              for k in ("top1", "top5")}
+        rows = [("raptor", result["raptor"]), ("teacher", result["teacher"])]
+    lines = [f"{'':8} {'name':40} {'top-1':>7} {'top-5':>7}"]
+    lines += [f"{role:8} {entry['backbone'][:40]:40} {entry['top1']:7.4f} {entry['top5']:7.4f}" for role, entry in rows]
+    if "recovery" in result:
+        recovery = result["recovery"]
+        lines.append(f"{'recovery':8} {'Raptor / teacher':40} " + " ".join(
+            f"{value:7.4f}" if value is not None else f"{'n/a':>7}" for value in (recovery["top1"], recovery["top5"])))
+    accelerator.print("\n".join(lines))
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "linear_probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        accelerator.print(f"wrote {output_dir / 'linear_probe.json'}")
+    accelerator.end_training()
+    return result
+
+
+def main():
+    linear_probe_function(parse_config(ProbeConfig, description=__doc__))
+
+
+if __name__ == "__main__":
+    main()
