@@ -26,7 +26,7 @@ DEMO_SETTINGS: Dict[str, Any] = dict(
 )
 
 
-def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 200, seed: int = 0) -> Dict[str, Any]:
+def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 150, seed: int = 0) -> Dict[str, Any]:
     """Distil the embedded teacher into a k-block Raptor and compare the two; returns the summary."""
     config = DistillConfig(**dict(DEMO_SETTINGS, k=k, max_steps=max_steps, seed=seed, output_dir=str(out_dir)))
     result = training_function(config)
@@ -74,8 +74,8 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', default='demo_out', help='output folder for the Raptor (default: demo_out)')
     parser.add_argument('--k', type=int, default=2, help='number of unique blocks (default: 2)')
-    parser.add_argument('--max-steps', '--max_steps', dest='max_steps', type=int, default=200,
-                        help='distillation steps (default: 200)')
+    parser.add_argument('--max-steps', '--max_steps', dest='max_steps', type=int, default=150,
+                        help='distillation steps (default: 150)')
     parser.add_argument('--seed', type=int, default=0, help='seed (default: 0)')
 
 
