@@ -671,8 +671,8 @@ def flops_row(
 
     ``arch_or_model`` is a registered Raptor arch or a RaptorVisionTransformer; ``teacher`` (a timm name or a
     module) defaults to the arch's teacher (``RAPTOR_ARCHS``) or the model's ``raptor_meta['teacher']``. Also
-    reports the same Raptor with the paper's SwiGLU blocks and the cost of depth scaling (``t_scale``). A module
-    is rebuilt on the meta device from its ``model_args`` (its architecture, not its weights, is counted).
+    reports the same Raptor with the paper's SwiGLU blocks, the cost of depth scaling (``t_scale``) and of
+    relaxation (per-step low-rank adapters, ``relax_rank`` > 0; zero for a pure Raptor). A module is rebuilt on the meta device from its ``model_args`` (its architecture, not its weights, is counted).
     """
     import timm
 
@@ -713,10 +713,13 @@ def flops_row(
     raptor = build()
     swiglu = build(block_type='swiglu')
     no_depth_scale = build(t_scale=False)
+    relax_rank = raptor.relax_rank
+    unrelaxed = build(relax_rank=0) if relax_rank else raptor
     teacher_flops = count_flops(teacher_model, input_size)
     raptor_flops = count_flops(raptor, input_size)
     swiglu_flops = count_flops(swiglu, input_size)
     plain_flops = count_flops(no_depth_scale, input_size)
+    unrelaxed_flops = count_flops(unrelaxed, input_size) if relax_rank else raptor_flops
     teacher_params, raptor_params, swiglu_params = (count_params(m) for m in (teacher_model, raptor, swiglu))
     teacher_block_params, raptor_block_params = _block_params(teacher_model), _block_params(raptor)
     return {
@@ -742,6 +745,11 @@ def flops_row(
         'depth_scale_flops': raptor_flops - plain_flops,
         'depth_scale_flops_fraction': (raptor_flops - plain_flops) / raptor_flops,
         'depth_scale_params': raptor_params - count_params(no_depth_scale),
+        'relax_rank': relax_rank,
+        'relax_flops': raptor_flops - unrelaxed_flops,
+        'relax_flops_fraction': (raptor_flops - unrelaxed_flops) / raptor_flops,
+        'relax_params': raptor_params - count_params(unrelaxed),
+        'relax_params_ratio': (raptor_params - count_params(unrelaxed)) / raptor_block_params,
         'flops_convention': FLOPS_CONVENTION,
     }
 

@@ -20,7 +20,6 @@ from typing import Any, Literal, Optional
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from .losses import DISTANCES, Distance, TokenWeights, resolve_token_weights, teacher_forcing_weight, trajectory_distance
 
@@ -243,15 +242,14 @@ class TrajectoryDistillationTask(nn.Module):
         return states.float()
 
     def _step(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        """One student block application: unrolled step ``step`` (0-based) producing layer t = step + 1."""
-        student = self.student
-        block = student.blocks[student.step_block_indices[step]]
+        """One student block application: unrolled step ``step`` (0-based) producing layer t = step + 1.
+
+        Goes through the model's own step loop, so drop path, checkpointing and per-step adapters apply as in
+        inference.
+        """
         if self.training and self.input_noise_std > 0:
             x = x + self.input_noise_std * torch.randn_like(x)
-        drop_prob = float(student.step_drop_path[step]) if hasattr(student, "step_drop_path") else 0.0
-        if getattr(student, "grad_checkpointing", False) and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, step + 1, drop_prob, None, use_reentrant=False)
-        return block(x, step + 1, drop_prob)
+        return self.student.forward_steps(x, step, step + 1)
 
     def teacher_forced_states(self, targets: torch.Tensor) -> torch.Tensor:
         """TF predictions ``x̂_l = R_phase(l)(t_{l-1}, l)`` for every layer of the segment, ``[B, T, N, D]``."""

@@ -19,16 +19,20 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Un
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_act_layer, GELUTanh, LayerNorm, LayerScale, Mlp, QuickGELU, RmsNorm, SwiGLUPacked, calculate_drop_path_rates, drop_path, resample_abs_pos_embed
+from timm.layers import (
+    GELUTanh, GluMlp, LayerNorm, LayerScale, Mlp, QuickGELU, RmsNorm, SwiGLUPacked, calculate_drop_path_rates,
+    drop_path, get_act_layer, resample_abs_pos_embed)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
 
 __all__ = [
-    'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'RAPTOR_ARCHS', 'PAPER_PHASE_BOUNDARIES',
+    'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
+    'PAPER_PHASE_BOUNDARIES',
     'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
     'create_raptor_from_vit',
 ]
@@ -42,6 +46,9 @@ PAPER_DEPTH = 12
 
 BlockType = Literal['teacher', 'swiglu']
 InitMode = Literal['middle', 'first', 'mean', 'random']
+RelaxInit = Literal['svd', 'zeros']
+# linear layers of a block that relaxation (`relax_rank` > 0) can adapt per unrolled step
+RELAX_TARGETS: Tuple[str, ...] = ('qkv', 'proj', 'fc1', 'fc2')
 GlobalPool = Literal['', 'token', 'avg', 'cls_avg']
 
 
@@ -174,10 +181,88 @@ class DepthScale(nn.Module):
         return gain_attn, gain_mlp, gain_out
 
 
+def _target_linear(block: nn.Module, target: str) -> nn.Linear:
+    """The linear layer `target` (one of RELAX_TARGETS) of a timm Block."""
+    return {'qkv': block.attn.qkv, 'proj': block.attn.proj, 'fc1': block.mlp.fc1, 'fc2': block.mlp.fc2}[target]
+
+
+def _check_relax_args(relax_rank: int, relax_targets: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(relax_rank, bool) or not isinstance(relax_rank, int) or relax_rank < 0:
+        raise ValueError(f'relax_rank must be an int >= 0 (0 = pure Raptor), got {relax_rank!r}.')
+    if isinstance(relax_targets, str):
+        raise TypeError(f'relax_targets must be a sequence of layer names, e.g. {RELAX_TARGETS}, not a string.')
+    targets = tuple(relax_targets)
+    unknown = [name for name in targets if name not in RELAX_TARGETS]
+    if unknown or not targets or len(set(targets)) != len(targets):
+        raise ValueError(
+            f'relax_targets must be a non-empty set of distinct names from {RELAX_TARGETS}, got {targets}.')
+    return tuple(name for name in RELAX_TARGETS if name in targets)  # canonical order
+
+
+def _relaxed_linear(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        adapters: Dict[str, torch.Tensor],
+        target: str,
+) -> torch.Tensor:
+    """x (W + B A)^T + b, computed as F.linear(x, W, b) + (x A^T) B^T when `target` is adapted."""
+    out = F.linear(x, weight, bias)
+    if target + '_a' in adapters:
+        out = out + F.linear(F.linear(x, adapters[target + '_a']), adapters[target + '_b'])
+    return out
+
+
+class StepAdapters(nn.Module):
+    """Low-rank adapters of one unrolled step: each targeted linear layer computes with W_shared + B A.
+
+    Parameters `{target}_a` [rank, in_features] and `{target}_b` [out_features, rank] for each target in
+    `targets`; the other targets hold None. Biases are not adapted. Fresh adapters are LoRA-initialised
+    (B = 0, A kaiming-uniform): the step starts as the shared block and A, B still get gradients.
+    """
+
+    def __init__(self, block: nn.Module, rank: int, targets: Sequence[str], device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.rank = rank
+        self.targets = tuple(targets)
+        for target in RELAX_TARGETS:
+            if target in self.targets:
+                layer = _target_linear(block, target)
+                self.register_parameter(f'{target}_a', nn.Parameter(torch.empty(rank, layer.in_features, **dd)))
+                self.register_parameter(f'{target}_b', nn.Parameter(torch.empty(layer.out_features, rank, **dd)))
+            else:
+                self.register_parameter(f'{target}_a', None)
+                self.register_parameter(f'{target}_b', None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for target in self.targets:
+            a, b = getattr(self, f'{target}_a'), getattr(self, f'{target}_b')
+            if a.device.type != 'meta':
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                nn.init.zeros_(b)
+
+    def forward(self) -> Dict[str, torch.Tensor]:
+        """The adapter tensors by name ('qkv_a', 'qkv_b', ...), as RaptorBlock.forward takes them."""
+        adapters: Dict[str, torch.Tensor] = {}
+        if self.qkv_a is not None and self.qkv_b is not None:
+            adapters['qkv_a'], adapters['qkv_b'] = self.qkv_a, self.qkv_b
+        if self.proj_a is not None and self.proj_b is not None:
+            adapters['proj_a'], adapters['proj_b'] = self.proj_a, self.proj_b
+        if self.fc1_a is not None and self.fc1_b is not None:
+            adapters['fc1_a'], adapters['fc1_b'] = self.fc1_a, self.fc1_b
+        if self.fc2_a is not None and self.fc2_b is not None:
+            adapters['fc2_a'], adapters['fc2_b'] = self.fc2_a, self.fc2_b
+        return adapters
+
+
 class RaptorBlock(Block):
     """timm's pre-norm ViT Block applied at a given depth t, with optional depth scaling and per-call drop path.
 
     Parameter names are those of timm's Block (plus `depth_scale`), so teacher block weights load directly.
+    Given a step's low-rank `adapters` (relaxation), attention and MLP run a functional copy of timm's
+    Attention / Mlp / GluMlp in which each adapted linear layer uses W + B A.
     """
 
     def __init__(self, *args: Any, t_scale: bool = True, **kwargs: Any) -> None:
@@ -185,6 +270,38 @@ class RaptorBlock(Block):
         super().__init__(*args, **kwargs)
         dim = self.norm1.normalized_shape[0]
         self.depth_scale = DepthScale(dim, device=kwargs.get('device'), dtype=kwargs.get('dtype')) if t_scale else None
+        # MLP gating for the relaxed path: 0 = plain Mlp, 1 = GluMlp gating the second half, 2 = the first half
+        self.mlp_gate = 0 if not isinstance(self.mlp, GluMlp) else (1 if self.mlp.gate_last else 2)
+
+    def _relaxed_attn(
+            self, x: torch.Tensor, adapters: Dict[str, torch.Tensor], attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """timm's Attention.forward (fused SDPA branch, whatever `fused_attn` says) with adapters on qkv and proj."""
+        attn = self.attn
+        B, N, C = x.shape
+        qkv = _relaxed_linear(x, attn.qkv.weight, attn.qkv.bias, adapters, 'qkv')
+        qkv = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if self.training else 0.)
+        x = x.transpose(1, 2).reshape(B, N, attn.attn_dim)
+        x = attn.norm(x)
+        x = _relaxed_linear(x, attn.proj.weight, attn.proj.bias, adapters, 'proj')
+        return attn.proj_drop(x)
+
+    def _relaxed_mlp(self, x: torch.Tensor, adapters: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """timm's Mlp / GluMlp forward with the step's adapters on fc1 and fc2."""
+        mlp = self.mlp
+        x = _relaxed_linear(x, mlp.fc1.weight, mlp.fc1.bias, adapters, 'fc1')
+        if self.mlp_gate == 0:
+            x = mlp.act(x)
+        else:
+            x1, x2 = x.chunk(2, dim=-1)
+            x = x1 * mlp.act(x2) if self.mlp_gate == 1 else mlp.act(x1) * x2
+        x = mlp.drop1(x)
+        x = mlp.norm(x)
+        x = _relaxed_linear(x, mlp.fc2.weight, mlp.fc2.bias, adapters, 'fc2')
+        return mlp.drop2(x)
 
     def forward(
             self,
@@ -192,16 +309,25 @@ class RaptorBlock(Block):
             t: int = 1,
             drop_prob: float = 0.,
             attn_mask: Optional[torch.Tensor] = None,
+            adapters: Optional[Dict[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
-        attn_update = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))
+        if adapters is None:
+            attn_update = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask))
+        else:
+            attn_update = self.ls1(self._relaxed_attn(self.norm1(x), adapters, attn_mask))
         if self.depth_scale is None:
             x = x + drop_path(attn_update, drop_prob, self.training)
-            x = x + drop_path(self.ls2(self.mlp(self.norm2(x))), drop_prob, self.training)
+            x = x + drop_path(self.ls2(self._mlp(self.norm2(x), adapters)), drop_prob, self.training)
             return x
         gain_attn, gain_mlp, gain_out = self.depth_scale(t)
         x = x + drop_path(gain_attn * attn_update, drop_prob, self.training)
-        x = x + drop_path(gain_mlp * self.ls2(self.mlp(self.norm2(x))), drop_prob, self.training)
+        x = x + drop_path(gain_mlp * self.ls2(self._mlp(self.norm2(x), adapters)), drop_prob, self.training)
         return gain_out * x
+
+    def _mlp(self, x: torch.Tensor, adapters: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:
+        if adapters is None:
+            return self.mlp(x)
+        return self._relaxed_mlp(x, adapters)
 
 
 class RaptorVisionTransformer(VisionTransformer):
@@ -223,6 +349,8 @@ class RaptorVisionTransformer(VisionTransformer):
             drop_path_rate: float = 0.,
             fc_norm: Optional[bool] = None,
             depth: Optional[int] = None,
+            relax_rank: int = 0,
+            relax_targets: Sequence[str] = RELAX_TARGETS,
             **kwargs: Any,
     ) -> None:
         """
@@ -235,11 +363,16 @@ class RaptorVisionTransformer(VisionTransformer):
             drop_path_rate: Stochastic depth, ramped linearly over the L unrolled applications.
             fc_norm: As timm; defaults to False for 'cls_avg' (the final norm is applied before pooling).
             depth: Optional teacher depth; when given, block_schedule must sum to it.
+            relax_rank: Rank r of per-step low-rank adapters (relaxation); 0 (default) is the pure Raptor, with
+                no adapter module at all. With r > 0, `relax.{l}.{target}_a` [r, in] and `relax.{l}.{target}_b`
+                [out, r] make step l (0-based) compute with W_j + B_l A_l on each targeted layer of its block j.
+            relax_targets: Which linear layers of the block are adapted, from ('qkv', 'proj', 'fc1', 'fc2').
             **kwargs: Remaining timm VisionTransformer arguments (img_size, patch_size, embed_dim, num_heads, ...).
         """
         if 'block_fn' in kwargs:
             raise ValueError('RaptorVisionTransformer builds its own blocks; block_fn is not accepted.')
         schedule = validate_block_schedule(block_schedule, depth)
+        relax_targets = _check_relax_args(relax_rank, relax_targets)
         kwargs, json_args = _split_layer_args(kwargs)
         if block_type not in ('teacher', 'swiglu'):
             raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {block_type!r}.")
@@ -260,6 +393,8 @@ class RaptorVisionTransformer(VisionTransformer):
         self.model_args: Dict[str, Any] = dict(
             json_args, block_schedule=list(schedule), block_type=block_type, t_scale=t_scale,
             global_pool=global_pool, drop_path_rate=drop_path_rate, fc_norm=fc_norm)
+        if relax_rank:  # pure Raptors keep their model_args (and config.json) unchanged
+            self.model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
         # provenance written to config.json and model cards: teacher id, schedule source, phases, ...
         self.raptor_meta: Dict[str, Any] = {}
         self.block_type = block_type
@@ -281,6 +416,16 @@ class RaptorVisionTransformer(VisionTransformer):
             self.global_pool = 'cls_avg'
             self.head_hidden_size = 2 * self.embed_dim
             self.reset_classifier(self.num_classes)
+        self.relax_rank = relax_rank
+        self.relax_targets = relax_targets
+        # relaxation: one StepAdapters per unrolled step (index = 0-based step), kept whole by pruning
+        self.relax = None
+        if relax_rank:
+            if getattr(self.blocks[0].attn, 'gate', None) is not None:
+                raise ValueError('relax_rank > 0 does not support gated attention blocks.')
+            dd = {'device': self.patch_embed.proj.weight.device, 'dtype': self.patch_embed.proj.weight.dtype}
+            self.relax = nn.ModuleList([
+                StepAdapters(self.blocks[j], relax_rank, relax_targets, **dd) for j in self.step_block_indices])
 
     @property
     def step_block_indices(self) -> List[int]:
@@ -305,6 +450,9 @@ class RaptorVisionTransformer(VisionTransformer):
             block_type: BlockType = 'teacher',
             init: Optional[InitMode] = None,
             phase_kwargs: Optional[Dict[str, Any]] = None,
+            relax_rank: int = 0,
+            relax_init: RelaxInit = 'svd',
+            relax_targets: Sequence[str] = RELAX_TARGETS,
             **kwargs: Any,
     ) -> 'RaptorVisionTransformer':
         """A Raptor initialised from a teacher: embedding, final norm and head copied, block j from phase j.
@@ -321,6 +469,11 @@ class RaptorVisionTransformer(VisionTransformer):
                 default for the teacher block type), 'first', 'mean' (parameter-wise mean), or 'random'
                 (default and only choice for 'swiglu').
             phase_kwargs: extra arguments for `phases.discover` (metric, algorithm, batch_size, ...).
+            relax_rank: rank r of per-step low-rank adapters (0 = pure Raptor).
+            relax_init: 'svd': adapters of step l from the rank-r truncated SVD of (teacher layer l's weight - its
+                shared block's weight), B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T (r must not exceed min(out, in)
+                of any target); 'zeros': LoRA init (B = 0, A random). Biases are not adapted.
+            relax_targets: linear layers adapted, from ('qkv', 'proj', 'fc1', 'fc2').
             **kwargs: model overrides (num_classes, global_pool, drop_path_rate, t_scale, ...).
         """
         from ..teachers import Teacher, load_teacher  # teachers import timm/transformers adapters lazily
@@ -331,17 +484,34 @@ class RaptorVisionTransformer(VisionTransformer):
             raise ValueError(f"init must be one of 'middle', 'first', 'mean', 'random', got {init!r}.")
         if block_type == 'swiglu' and init != 'random':
             raise ValueError("block_type='swiglu' blocks have no teacher counterpart; use init='random'.")
+        relax_targets = _check_relax_args(relax_rank, relax_targets)
+        if relax_init not in ('svd', 'zeros'):
+            raise ValueError(f"relax_init must be 'svd' or 'zeros', got {relax_init!r}.")
+        if relax_rank and relax_init == 'svd':
+            if block_type != 'teacher':
+                raise ValueError("relax_init='svd' needs block_type='teacher' (weights shaped like the teacher's); "
+                                 "use relax_init='zeros'.")
+            for target in relax_targets:
+                full_rank = min(_target_linear(teacher.blocks[0], target).weight.shape)
+                if relax_rank > full_rank:
+                    raise ValueError(
+                        f"relax_rank={relax_rank} exceeds the full rank {full_rank} of the teacher's {target} "
+                        f"layer; use relax_rank <= {full_rank} or relax_init='zeros'.")
         schedule, meta = _resolve_schedule(teacher, k, block_schedule, images, phase_kwargs or {})
 
         args = vit_args_from_model(teacher.model)
         if getattr(teacher.model, 'global_pool', None) == 'cls_avg':
             args['global_pool'] = 'cls_avg'
         args.update(kwargs)
+        if relax_rank:
+            args.update(relax_rank=relax_rank, relax_targets=relax_targets)
         model = cls(block_schedule=schedule, depth=teacher.depth, block_type=block_type, **args)
         model._copy_teacher_stem_and_head(teacher.model)
         if init != 'random':
             for j, (start, stop) in enumerate(zip(model.phase_boundaries[:-1], model.phase_boundaries[1:])):
                 model._init_block_from_layers(j, [teacher.blocks[i] for i in range(start, stop)], init)
+        if relax_rank and relax_init == 'svd':
+            model._init_adapters_from_teacher(teacher.blocks)
         model.pretrained_cfg = dict(
             getattr(model, 'pretrained_cfg', {}) or {}, **{
                 key: teacher.data_config[key] for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')
@@ -351,12 +521,26 @@ class RaptorVisionTransformer(VisionTransformer):
             meta, teacher=teacher.name, teacher_revision=teacher.revision, teacher_source=teacher.source,
             teacher_depth=teacher.depth, init=init, block_schedule=list(schedule),
             phase_boundaries=list(model.phase_boundaries))
+        if relax_rank:
+            model.raptor_meta.update(relax_rank=relax_rank, relax_init=relax_init, relax_targets=list(relax_targets))
         return model
+
+    @torch.no_grad()
+    def _init_adapters_from_teacher(self, teacher_blocks: Sequence[nn.Module]) -> None:
+        """Step l's adapters: rank-r truncated SVD of (teacher layer l's weight - its shared block's weight)."""
+        for step, (j, adapter) in enumerate(zip(self.step_block_indices, self.relax)):
+            for target in self.relax_targets:
+                shared = _target_linear(self.blocks[j], target).weight
+                delta = _target_linear(teacher_blocks[step], target).weight.double() - shared.double()
+                u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+                root = s[:self.relax_rank].sqrt()
+                getattr(adapter, f'{target}_b').copy_(u[:, :self.relax_rank] * root)
+                getattr(adapter, f'{target}_a').copy_(root[:, None] * vh[:self.relax_rank])
 
     def _copy_teacher_stem_and_head(self, teacher_model: nn.Module) -> None:
         """Copy every non-block tensor (embedding, registers, norms, head) from the teacher, strictly."""
         teacher_state = {k: v for k, v in teacher_model.state_dict().items() if not k.startswith('blocks.')}
-        own_state = {k for k in self.state_dict() if not k.startswith('blocks.')}
+        own_state = {k for k in self.state_dict() if not k.startswith(('blocks.', 'relax.'))}
         keep = {k: v for k, v in teacher_state.items() if k in own_state}
         head_keys = {k for k in own_state if k.startswith('head.')}
         missing = own_state - set(keep) - head_keys
@@ -388,6 +572,8 @@ class RaptorVisionTransformer(VisionTransformer):
         for block in self.blocks:
             if block.depth_scale is not None:
                 block.depth_scale.reset_parameters()
+        for adapter in getattr(self, 'relax', None) or []:
+            adapter.reset_parameters()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool == 'cls_avg' or (global_pool is None and self.global_pool == 'cls_avg'):
@@ -430,18 +616,37 @@ class RaptorVisionTransformer(VisionTransformer):
     ) -> torch.Tensor:
         """Run unrolled steps start..stop-1 (0-based; step s produces layer t = s + 1) on token state x_start."""
         stop = self.depth if stop is None else stop
+        step_adapters = self._step_adapters()
         step = 0
         for j, block in enumerate(self.blocks):
             for _ in range(self.block_schedule[j]):
                 if start <= step < stop:
                     drop_prob = self.step_drop_path[step]
+                    adapters: Optional[Dict[str, torch.Tensor]] = None
+                    if len(step_adapters) > 0:
+                        adapters = step_adapters[step]
                     if self.grad_checkpointing and not torch.jit.is_scripting():
                         x = torch.utils.checkpoint.checkpoint(
-                            block, x, step + 1, drop_prob, attn_mask, use_reentrant=False)
+                            block, x, step + 1, drop_prob, attn_mask, adapters, use_reentrant=False)
                     else:
-                        x = block(x, step + 1, drop_prob, attn_mask)
+                        x = block(x, step + 1, drop_prob, attn_mask, adapters)
                 step += 1
         return x
+
+    def step_adapters(self, step: int) -> Optional[Dict[str, torch.Tensor]]:
+        """Adapter tensors of unrolled step `step` (0-based) for `blocks[step_block_indices[step]](..., adapters)`.
+
+        None for a pure Raptor. Code that applies blocks itself (e.g. teacher forcing) must pass them on.
+        """
+        return None if self.relax is None else self.relax[step]()
+
+    def _step_adapters(self) -> List[Dict[str, torch.Tensor]]:
+        """Adapter tensors of each unrolled step (relaxation); empty for a pure Raptor."""
+        step_adapters: List[Dict[str, torch.Tensor]] = []
+        if self.relax is not None:
+            for adapter in self.relax:
+                step_adapters.append(adapter())
+        return step_adapters
 
     def forward_intermediates(
             self,
