@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models.raptor_vit import cls_avg_pool
+
 __all__ = [
     "BackboneKind", "LoadedBackbone", "LinearProbe", "backbone_kind", "load_backbone", "probe_features",
     "extract_features", "cached_features", "feature_cache_path", "train_linear_probe", "topk_accuracy",
@@ -137,7 +139,7 @@ def probe_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"{type(model).__name__} has no class token; the probe protocol needs concat(cls, patch mean).")
     tokens = model.forward_features(images)
-    return torch.cat([tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(dim=1)], dim=-1)
+    return cls_avg_pool(tokens, model.num_prefix_tokens)
 
 
 @torch.no_grad()

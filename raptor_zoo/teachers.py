@@ -36,6 +36,8 @@ from timm.layers import LayerNorm, Mlp, SwiGLUPacked
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from .models.raptor_vit import cls_avg_pool
+
 __all__ = [
     "EMBEDDED_TEACHERS",
     "HF_VIT_MODEL_TYPES",
@@ -109,7 +111,7 @@ class ClsAvgVisionTransformer(VisionTransformer):
         pool_type = self.global_pool if pool_type is None else pool_type
         if pool_type != "cls_avg":
             return super().pool(x, pool_type=pool_type)
-        return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
+        return cls_avg_pool(x, self.num_prefix_tokens)
 
 
 def _dinov2_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+from raptor_zoo.distill import raptor_trajectory
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
 from raptor_zoo.teachers import load_teacher
 
@@ -33,13 +34,6 @@ def hf_teacher():
     return _perturbed(load_teacher(Dinov2WithRegistersModel(config).eval()))
 
 
-def _raptor_trajectory(raptor, images):
-    states = [raptor._embed(images)]
-    for step in range(raptor.depth):
-        states.append(raptor.forward_steps(states[-1], step, step + 1))
-    return torch.stack(states, dim=1)
-
-
 @pytest.mark.parametrize('teacher_fixture', ['timm_teacher', 'hf_teacher'])
 def test_k_equals_depth_reproduces_teacher_exactly(teacher_fixture, request):
     teacher = request.getfixturevalue(teacher_fixture)
@@ -47,7 +41,7 @@ def test_k_equals_depth_reproduces_teacher_exactly(teacher_fixture, request):
     assert raptor.blocks[0].depth_scale is not None  # gates on, starting at exactly 1
     images = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
-        torch.testing.assert_close(_raptor_trajectory(raptor, images), teacher.trajectory(images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(raptor_trajectory(raptor, images), teacher.trajectory(images), rtol=0, atol=1e-6)
         torch.testing.assert_close(raptor(images), teacher(images), rtol=0, atol=1e-6)
 
 

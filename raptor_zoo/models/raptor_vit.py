@@ -33,7 +33,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, global_pool
 __all__ = [
     'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
     'PAPER_PHASE_BOUNDARIES',
-    'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
+    'cls_avg_pool', 'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
     'create_raptor_from_vit',
 ]
 
@@ -144,6 +144,11 @@ def _split_layer_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str,
         if isinstance(value, tuple):
             json_args[key] = list(value)
     return module_args, json_args
+
+
+def cls_avg_pool(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """concat(cls token, mean of the patch tokens) of tokens [B, N, D] -> [B, 2D]: DINOv2's linear-probe features."""
+    return torch.cat([x[:, 0], x[:, num_prefix_tokens:].mean(dim=1)], dim=-1)
 
 
 def _check_img_size(img_size: Any, patch_size: Any, dynamic_img_pad: bool) -> None:
@@ -746,7 +751,7 @@ class RaptorVisionTransformer(VisionTransformer):
     def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
         pool_type = self.global_pool if pool_type is None else pool_type
         if pool_type == 'cls_avg':
-            return torch.cat([x[:, 0], x[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
+            return cls_avg_pool(x, self.num_prefix_tokens)
         return global_pool_nlc(
             x, pool_type=pool_type, num_prefix_tokens=self.num_prefix_tokens,
             reduce_include_prefix=self.pool_include_prefix)
