@@ -178,3 +178,43 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, tmp_path):
     # stage 1 trained each block only on its own segment; the card and config record the schedule
     config = json.loads((tmp_path / "part" / "config.json").read_text())
     assert config["block_schedule"] == [2, 2]
+
+
+def test_relaxed_run_trains_adapters_and_saves_a_relaxed_raptor(run_recipe, tmp_path):
+    result = run_recipe(["--output-dir", tmp_path, "--block-schedule", "2", "2", "--relax-rank", "2",
+                         "--relax-targets", "qkv", "fc1"])
+    assert result["training"]["steps"] == 6
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["model_args"]["relax_rank"], config["model_args"]["relax_targets"]) == (2, ["qkv", "fc1"])
+    saved = weights(tmp_path)
+    assert {key.split(".")[1] for key in saved if key.startswith("relax.")} == {"0", "1", "2", "3"}
+    assert not any(key.startswith("relax.") and ("proj" in key or "fc2" in key) for key in saved)
+
+
+def test_adapters_only_after_a_pure_raptor_keeps_the_shared_blocks(run_recipe, tmp_path):
+    run_recipe(["--output-dir", tmp_path / "pure", "--block-schedule", "2", "2"])
+    args = ["--block-schedule", "2", "2", "--relax-rank", "3", "--init-from", tmp_path / "pure",
+            "--train-adapters-only"]
+    run_recipe(args + ["--output-dir", tmp_path / "relaxed", "--max-steps", "2"])
+    pure, relaxed = weights(tmp_path / "pure"), weights(tmp_path / "relaxed")
+    for key, value in pure.items():
+        torch.testing.assert_close(relaxed[key], value, rtol=0, atol=0, msg=f"{key} changed")
+    adapters = [key for key in relaxed if key.startswith("relax.")]
+    assert len(adapters) == 4 * 4 * 2 and all(relaxed[key].abs().sum() > 0 for key in adapters)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-adapters-only"], "--train-adapters-only trains the per-step adapters"),
+    (["--relax-rank", "-1"], "--relax-rank must be >= 0"),
+    (["--relax-targets", "qkv", "bogus"], "relax_targets must be a non-empty set"),
+])
+def test_bad_relax_options_fail_before_training(run_recipe, tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        run_recipe(args + ["--output-dir", tmp_path / "out"])
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_resume_with_another_relax_rank_fails(run_recipe, tmp_path):
+    run_recipe(["--output-dir", tmp_path, "--block-schedule", "2", "2", "--relax-rank", "2", "--max-steps-this-run", "2"])
+    with pytest.raises(ValueError, match=r"relax_rank: checkpoint 2 vs now 4"):
+        run_recipe(["--output-dir", tmp_path, "--block-schedule", "2", "2", "--relax-rank", "4", "--resume", "latest"])

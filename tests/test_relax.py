@@ -239,3 +239,43 @@ def test_distillation_task_applies_and_trains_step_adapters():
     task(torch.randn(2, 3, 28, 28), step=0)['loss'].backward()
     assert all(p.requires_grad for n, p in student.named_parameters() if n.startswith('relax.'))
     assert student.relax[3].qkv_b.grad.abs().sum() > 0 and student.relax[11].fc2_b.grad.abs().sum() > 0
+
+
+def test_relaxed_student_from_a_trained_pure_raptor_svd_inits_against_its_blocks(phase_teacher, tmp_path):
+    """--init-from a pure Raptor + --relax-rank: the adapters span teacher layer - the *trained* shared block."""
+    from raptor_zoo.distill.recipe import DistillConfig, load_student_weights
+    from raptor_zoo.hub import save_pretrained
+
+    pure = RaptorVisionTransformer.from_teacher(phase_teacher, block_schedule=SCHEDULE)
+    with torch.no_grad():  # stand-in for distillation: the shared weights moved away from the teacher's
+        for block in pure.blocks:
+            for name in ADAPTED_WEIGHTS:
+                block.get_parameter(name).add_(torch.randn_like(block.get_parameter(name)) * 0.05)
+    save_pretrained(pure, tmp_path)
+    full_rank = phase_teacher.embed_dim
+    relaxed = RaptorVisionTransformer.from_teacher(phase_teacher, block_schedule=SCHEDULE, relax_rank=full_rank)
+    config = DistillConfig(block_schedule=SCHEDULE, relax_rank=full_rank, init_from=str(tmp_path),
+                           train_adapters_only=True)
+    load_student_weights(relaxed, config, phase_teacher)
+    for key, value in pure.state_dict().items():
+        assert torch.equal(relaxed.state_dict()[key], value), key
+    images = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        target = phase_teacher.trajectory(images)
+        got = _trajectory(relaxed.eval(), images)
+    torch.testing.assert_close(got, target, rtol=0, atol=1e-5 * target.abs().max().item())
+
+
+def test_freeze_for_adapters_only_training():
+    from raptor_zoo.distill.task import freeze_for_distillation
+
+    model = timm.create_model(ARCH, img_size=IMG, relax_rank=2)
+    names = freeze_for_distillation(model, train_adapters_only=True)
+    assert names and all(name.startswith('relax.') for name in names)
+    assert len(names) == sum(1 for name, _ in model.named_parameters() if name.startswith('relax.'))
+    # stage 1 of phase 1 trains block 1 and the adapters of its steps (7..11) only
+    names = freeze_for_distillation(model, trainable_blocks=[1])
+    assert {name.split('.')[1] for name in names if name.startswith('relax.')} == {str(s) for s in range(7, 12)}
+    assert {name.split('.')[1] for name in names if name.startswith('blocks.')} == {'1'}
+    with pytest.raises(ValueError, match='needs a relaxed Raptor'):
+        freeze_for_distillation(timm.create_model(ARCH, img_size=IMG), train_adapters_only=True)

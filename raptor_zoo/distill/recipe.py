@@ -51,6 +51,7 @@ from raptor_zoo.distill import (
 )
 from raptor_zoo.hub import HEATMAP_NAME, PHASES_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
 from raptor_zoo.models.raptor_vit import (
+    RELAX_TARGETS,
     RaptorVisionTransformer,
     even_block_schedule,
     scaled_paper_schedule,
@@ -71,7 +72,8 @@ from raptor_zoo.training import (
 RUN_STATE_FILE = "run_state.json"
 # what must agree between a checkpoint and the config resuming it
 COMPATIBILITY_KEYS = (
-    "teacher", "teacher_depth", "embed_dim", "num_tokens", "block_schedule", "block_type", "t_scale", "stages")
+    "teacher", "teacher_depth", "embed_dim", "num_tokens", "block_schedule", "block_type", "t_scale", "relax_rank",
+    "relax_targets", "train_adapters_only", "stages")
 
 
 @dataclass
@@ -128,6 +130,14 @@ class DistillConfig:
     init_blocks_from: Optional[list[str]] = field(default=None, metadata={
         "group": "Student", "help": "k folders with model.safetensors; block j is taken from folder j "
                                     "(joins stage-1 jobs run with --phase-index j)"})
+    relax_rank: int = field(default=0, metadata={
+        "group": "Student", "help": "rank of per-step low-rank adapters on the shared blocks (relaxation); 0 = pure Raptor"})
+    relax_targets: tuple[str, ...] = field(default=RELAX_TARGETS, metadata={
+        "group": "Student", "help": "linear layers the adapters relax, from qkv proj fc1 fc2"})
+    relax_init: Literal["svd", "zeros"] = field(default="svd", metadata={
+        "group": "Student", "help": "adapter init: svd = rank-r SVD of (teacher layer - shared block) weights; zeros"})
+    train_adapters_only: bool = field(default=False, metadata={
+        "group": "Student", "help": "train only the adapters (shared blocks fixed), e.g. after --init-from a pure Raptor"})
     grad_checkpointing: bool = field(default=False, metadata={
         "group": "Student", "help": "activation checkpointing of every block application"})
     # objective
@@ -207,6 +217,11 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
         if self.k is None and self.block_schedule is None:
             raise ValueError("Pass --k (number of unique blocks) or an explicit --block-schedule.")
+        if self.relax_rank < 0:
+            raise ValueError(f"--relax-rank must be >= 0 (0 = pure Raptor), got {self.relax_rank}.")
+        if self.train_adapters_only and self.relax_rank == 0:
+            raise ValueError("--train-adapters-only trains the per-step adapters of a relaxed Raptor: set --relax-rank "
+                             "(e.g. 4), usually with --init-from a trained pure Raptor.")
         if self.init_blocks_from is not None and self.init_from is not None:
             raise ValueError("Pass --init-from (a whole student) or --init-blocks-from (one folder per block), not both.")
 
@@ -302,13 +317,23 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_loader: DataLoa
     return tuple(phases.block_schedule), phases
 
 
-def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig) -> None:
-    """--init-from (whole student, strict) or --init-blocks-from (block j from folder j)."""
+def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig, teacher) -> None:
+    """--init-from (whole student, strict) or --init-blocks-from (block j from folder j).
+
+    A relaxed student may start from a pure Raptor's folder: its adapters are then initialised (``relax_init``)
+    against the loaded shared blocks, so ``svd`` adapters span what tying the trained blocks still misses.
+    """
     def weights(folder: str) -> dict:
         return load_state_dict(Path(folder) / WEIGHTS_NAME)
 
+    loaded_pure = False
     if config.init_from is not None:
-        student.load_state_dict(weights(config.init_from), strict=True)
+        state = weights(config.init_from)
+        loaded_pure = student.relax is not None and not any(key.startswith("relax.") for key in state)
+        missing, unexpected = student.load_state_dict(state, strict=not loaded_pure)
+        if loaded_pure and (unexpected or any(not key.startswith("relax.") for key in missing)):
+            raise ValueError(f"--init-from {config.init_from} does not match this student (block_schedule "
+                             f"{tuple(student.block_schedule)}): missing {missing}, unexpected {unexpected}.")
     if config.init_blocks_from is not None:
         if len(config.init_blocks_from) != len(student.blocks):
             raise ValueError(f"--init-blocks-from needs one folder per block ({len(student.blocks)}), "
@@ -317,6 +342,9 @@ def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig
             prefix = f"blocks.{j}."
             block_state = {key[len(prefix):]: value for key, value in weights(folder).items() if key.startswith(prefix)}
             student.blocks[j].load_state_dict(block_state, strict=True)
+        loaded_pure = student.relax is not None
+    if loaded_pure and config.relax_init == "svd":
+        student.init_adapters_from_teacher(teacher.blocks)
 
 
 def run_identity(config: DistillConfig, teacher, student: RaptorVisionTransformer, stages) -> dict:
@@ -329,6 +357,9 @@ def run_identity(config: DistillConfig, teacher, student: RaptorVisionTransforme
         "block_schedule": list(student.block_schedule),
         "block_type": config.block_type,
         "t_scale": config.t_scale,
+        "relax_rank": config.relax_rank,
+        "relax_targets": list(config.relax_targets) if config.relax_rank else [],
+        "train_adapters_only": config.train_adapters_only,
         "stages": [stage.to_dict() for stage in stages],
     }
 
@@ -421,14 +452,15 @@ def training_function(config: DistillConfig) -> dict:
     set_seed(config.seed)
     student = RaptorVisionTransformer.from_teacher(
         teacher, block_schedule=block_schedule, block_type=config.block_type, init=config.init,
-        t_scale=config.t_scale, drop_path_rate=config.drop_path_rate)
+        t_scale=config.t_scale, drop_path_rate=config.drop_path_rate, relax_rank=config.relax_rank,
+        relax_init=config.relax_init, relax_targets=config.relax_targets)
     if phases is not None:
         student.raptor_meta.update(schedule_source="measured", phase_metric=phases.metric,
                                    phase_algorithm=phases.algorithm, phase_num_images=phases.num_images)
         if accelerator.is_main_process and resumed_state is None:
             (output_dir / PHASES_NAME).write_text(json.dumps(phases.to_dict(), indent=2) + "\n")
             phases.plot(output_dir / HEATMAP_NAME)
-    load_student_weights(student, config)
+    load_student_weights(student, config, teacher)
     if config.grad_checkpointing:
         student.set_grad_checkpointing(True)
     identity = run_identity(config, teacher, student, stages)
@@ -461,7 +493,8 @@ def training_function(config: DistillConfig) -> dict:
         accelerator.free_memory()
         task = TrajectoryDistillationTask(
             student, teacher, tf_anneal_ratio=config.tf_anneal_ratio, tf_min=config.tf_min, distance=config.distance,
-            input_noise_std=config.input_noise_std, teacher_precision=config.teacher_precision, **stage.task_kwargs())
+            input_noise_std=config.input_noise_std, teacher_precision=config.teacher_precision,
+            train_adapters_only=config.train_adapters_only, **stage.task_kwargs())
         trainable = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         scheduler = CosineLRScheduler(

@@ -47,10 +47,13 @@ EMBEDDING_PARAMETER_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_e
 HEAD_PARAMETER_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.")
 
 
-def _block_index(name: str) -> Optional[int]:
-    if not name.startswith("blocks."):
-        return None
-    return int(name.split(".", 2)[1])
+def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> Optional[int]:
+    """The unique block a parameter belongs to: ``blocks.{j}.*``, or ``relax.{step}.*`` (that step's block)."""
+    if name.startswith("blocks."):
+        return int(name.split(".", 2)[1])
+    if name.startswith("relax.") and step_block_indices:
+        return step_block_indices[int(name.split(".", 2)[1])]
+    return None
 
 
 def freeze_for_distillation(
@@ -58,22 +61,31 @@ def freeze_for_distillation(
         trainable_blocks: Optional[Iterable[int]] = None,
         train_embedding: bool = False,
         train_head: bool = False,
+        train_adapters_only: bool = False,
 ) -> list[str]:
     """Set ``requires_grad`` for distillation; returns the names of the trainable parameters.
 
     The embedding (patch_embed, cls/register tokens, pos_embed, norm_pre) and the final norm + head are frozen
     unless asked; of the unique blocks only ``trainable_blocks`` (default all) train, so DDP sees no unused
-    parameters. Other student parameters (not in a block) train only when every block does.
+    parameters. A relaxed Raptor's per-step adapters (``relax.{step}``) train with their step's block; with
+    ``train_adapters_only`` they are all that trains (the shared blocks of a trained pure Raptor stay fixed).
+    Other student parameters (not in a block) train only when every block does.
     """
     num_blocks = len(student.blocks)
     trainable = set(range(num_blocks)) if trainable_blocks is None else {int(j) for j in trainable_blocks}
     bad = sorted(j for j in trainable if not 0 <= j < num_blocks)
     if bad:
         raise ValueError(f"trainable_blocks {bad} out of range: the student has {num_blocks} blocks (0..{num_blocks - 1}).")
+    if train_adapters_only and getattr(student, "relax", None) is None:
+        raise ValueError("train_adapters_only needs a relaxed Raptor (relax_rank > 0); this student has no adapters. "
+                         "Set --relax-rank (e.g. 4) or drop --train-adapters-only.")
+    step_block_indices = tuple(getattr(student, "step_block_indices", ()))
     names = []
     for name, param in student.named_parameters():
-        index = _block_index(name)
-        if index is not None:
+        index = _block_index(name, step_block_indices)
+        if train_adapters_only:
+            requires_grad = name.startswith("relax.") and index in trainable
+        elif index is not None:
             requires_grad = index in trainable
         elif name.startswith(EMBEDDING_PARAMETER_PREFIXES):
             requires_grad = train_embedding
@@ -115,6 +127,7 @@ class TrajectoryDistillationTask(nn.Module):
             input_noise_std: float = 0.0,
             teacher_precision: TeacherPrecision = "fp32",
             freeze: bool = True,
+            train_adapters_only: bool = False,
     ) -> None:
         """
         Args:
@@ -133,6 +146,7 @@ class TrajectoryDistillationTask(nn.Module):
             teacher_precision: 'fp32' targets (autocast disabled for the teacher) or 'bf16' (teacher under
                 bf16 autocast, targets cast back to fp32).
             freeze: apply :func:`freeze_for_distillation` (embedding, head and untrained blocks frozen).
+            train_adapters_only: with ``freeze``, train only a relaxed Raptor's per-step adapters.
         """
         super().__init__()
         if stage not in STAGES:
@@ -193,7 +207,7 @@ class TrajectoryDistillationTask(nn.Module):
             self.segment = (0, student.depth)
             self.trainable_blocks = tuple(range(num_blocks))
         if freeze:
-            freeze_for_distillation(student, self.trainable_blocks)
+            freeze_for_distillation(student, self.trainable_blocks, train_adapters_only=train_adapters_only)
         self.teacher.requires_grad_(False).eval()
         self.register_load_state_dict_post_hook(_ignore_missing_teacher_keys)
         _logger.info(

@@ -516,7 +516,7 @@ class RaptorVisionTransformer(VisionTransformer):
             for j, (start, stop) in enumerate(zip(model.phase_boundaries[:-1], model.phase_boundaries[1:])):
                 model._init_block_from_layers(j, [teacher.blocks[i] for i in range(start, stop)], init)
         if relax_rank and relax_init == 'svd':
-            model._init_adapters_from_teacher(teacher.blocks)
+            model.init_adapters_from_teacher(teacher.blocks)
         model.pretrained_cfg = dict(
             getattr(model, 'pretrained_cfg', {}) or {}, **{
                 key: teacher.data_config[key] for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')
@@ -531,7 +531,7 @@ class RaptorVisionTransformer(VisionTransformer):
         return model
 
     @torch.no_grad()
-    def _init_adapters_from_teacher(self, teacher_blocks: Sequence[nn.Module]) -> None:
+    def init_adapters_from_teacher(self, teacher_blocks: Sequence[nn.Module]) -> None:
         """Step l's adapters: rank-r truncated SVD of (teacher layer l's weight - its shared block's weight)."""
         for step, (j, adapter) in enumerate(zip(self.step_block_indices, self.relax)):
             for target in self.relax_targets:
