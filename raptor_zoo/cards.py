@@ -37,7 +37,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .flops import count_flops, count_params
+from .flops import count_flops, count_params, relaxation_overhead
 from .models.configuration_raptor import RaptorConfig
 
 __all__ = [
@@ -384,9 +384,19 @@ def render_model_card(
         limitations.append(
             "Its blocks are the paper's SwiGLU blocks (hidden 4·D, packed input projection), about 1.3x the FLOPs of "
             f"the teacher's GELU block{ratio}.")
-    relax_rank = int((config.model_args or {}).get("relax_rank", 0) or 0)
+    relax_rank = config.relax_rank
+    relaxation = None
     if relax_rank:
-        limitations.append(f"Rank-{relax_rank} per-step adapters add parameters beyond the k shared blocks.")
+        overhead = relaxation_overhead(raptor, input_size)
+        relaxation = (f"rank-{relax_rank} per-step low-rank adapters on {', '.join(overhead['relax_targets'])} of the "
+                      f"shared blocks: +{overhead['relax_params'] / 1e6:.3f} M parameters "
+                      f"(+{100 * overhead['relax_params_fraction_of_blocks']:.1f}% of the shared blocks, "
+                      f"+{100 * overhead['relax_params_fraction']:.1f}% of the model), "
+                      f"+{100 * overhead['relax_flops_fraction']:.2f}% FLOPs (counted)")
+        limitations.append(
+            f"Its rank-{relax_rank} per-step adapters add {100 * overhead['relax_params_fraction_of_blocks']:.1f}% "
+            f"parameters beyond the k shared blocks and {100 * overhead['relax_flops_fraction']:.2f}% FLOPs; "
+            "FLOP parity with the teacher is not exact.")
     if recovery is None:
         limitations.append("No accuracy was measured for these weights; expect some loss against the teacher.")
     if not training:
@@ -422,7 +432,7 @@ def render_model_card(
             "the teacher's own block architecture (FLOPs equal the teacher's)" if config.block_type == "teacher"
             else "the paper's SwiGLU block (about 1.3x the teacher block's FLOPs)"),
         t_scale="on" if (config.model_args or {}).get("t_scale", True) else "off",
-        relax_rank=relax_rank,
+        relaxation=relaxation,
         input_size=f"{input_size[0]}x{input_size[1]}x{input_size[2]}",
         patch_size=config.patch_size,
         hidden_size=config.hidden_size,

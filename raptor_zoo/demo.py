@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from .distill.recipe import DistillConfig, training_function
-from .flops import count_flops, count_params
+from .flops import count_flops, count_params, relaxation_overhead
 from .hub import load_pretrained
 from .teachers import load_teacher
 
@@ -26,30 +26,42 @@ DEMO_SETTINGS: Dict[str, Any] = dict(
 )
 
 
-def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 150, seed: int = 0) -> Dict[str, Any]:
-    """Distil the embedded teacher into a k-block Raptor and compare the two; returns the summary."""
-    config = DistillConfig(**dict(DEMO_SETTINGS, k=k, max_steps=max_steps, seed=seed, output_dir=str(out_dir)))
+def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 150, seed: int = 0,
+             relax_rank: int = 0) -> Dict[str, Any]:
+    """Distil the embedded teacher into a k-block Raptor (relaxed with rank-r adapters when ``relax_rank`` > 0)
+    and compare the two; returns the summary."""
+    config = DistillConfig(**dict(DEMO_SETTINGS, k=k, max_steps=max_steps, seed=seed, output_dir=str(out_dir),
+                                  relax_rank=relax_rank))
     result = training_function(config)
 
     teacher = load_teacher(config.teacher)
     raptor = load_pretrained(out_dir)
     input_size = tuple(teacher.data_config['input_size'])
+    overhead = relaxation_overhead(raptor, input_size)
+    blocks = f"{len(raptor.blocks)} x {tuple(raptor.block_schedule)}"
+    if relax_rank:
+        blocks += f" + rank-{relax_rank} adapters"
     rows = [
         dict(model=f'teacher {teacher.name}', blocks=f'{teacher.depth} unique',
              params=count_params(teacher.model), block_params=count_params(teacher.blocks),
              flops=count_flops(teacher.model, input_size), accuracy=result['teacher_accuracy'],
              accuracy_ratio=1.0, mean_cosine=1.0),
-        dict(model=f'Raptor k={len(raptor.blocks)}', blocks=f'{len(raptor.blocks)} x {tuple(raptor.block_schedule)}',
+        dict(model=f'Raptor k={len(raptor.blocks)}', blocks=blocks,
              params=count_params(raptor), block_params=count_params(raptor.blocks),
              flops=count_flops(raptor, input_size), accuracy=result['raptor_accuracy'],
              accuracy_ratio=result['recovery'], mean_cosine=result['mean_cosine']['all']),
     ]
     summary = dict(
         out_dir=str(out_dir), block_schedule=list(raptor.block_schedule), steps=max_steps, seed=seed,
-        num_eval_images=result['num_images'], train_time_s=result['training']['train_time_s'], rows=rows)
+        num_eval_images=result['num_images'], train_time_s=result['training']['train_time_s'], rows=rows,
+        relaxation=overhead)
     out = Path(out_dir)
     (out / 'demo_summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     table = format_table(rows)
+    if relax_rank:
+        table += (f"\n\nRelaxation (rank {relax_rank}): +{overhead['relax_params']:,} parameters "
+                  f"(+{overhead['relax_params_fraction_of_blocks']:.1%} of the shared blocks), "
+                  f"+{overhead['relax_flops_fraction']:.2%} FLOPs over the pure Raptor (counted).")
     (out / 'demo_summary.md').write_text(table + '\n')
     print(table)
     print(f"\nRaptor folder: {out} (model.safetensors, config.json, README.md, phase_heatmap.png, fidelity.png); "
@@ -77,8 +89,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-steps', '--max_steps', dest='max_steps', type=int, default=150,
                         help='distillation steps (default: 150)')
     parser.add_argument('--seed', type=int, default=0, help='seed (default: 0)')
+    parser.add_argument('--relax-rank', '--relax_rank', dest='relax_rank', type=int, default=0,
+                        help='rank of per-step low-rank adapters (relaxation); 0 = pure Raptor (default: 0)')
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    run_demo(args.out, k=args.k, max_steps=args.max_steps, seed=args.seed)
+    run_demo(args.out, k=args.k, max_steps=args.max_steps, seed=args.seed, relax_rank=args.relax_rank)
     return 0

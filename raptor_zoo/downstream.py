@@ -326,7 +326,8 @@ def raptor_layer_ids(model: nn.Module) -> dict[str, int]:
     """Parameter name -> layer id on the unrolled depth L of a Raptor (the layer-decay rule for shared blocks).
 
     Stem (patch_embed, cls/register tokens, pos_embed, norm_pre) 0; unique block j ``1 + first_step(j)``, where
-    first_step(j) is the 0-based step of its first application; final ``norm`` L (timm groups it with the last
+    first_step(j) is the 0-based step of its first application; a relaxed Raptor's adapters of step l
+    (``relax.{l}``) ``1 + l``, the id of the layer they belong to; final ``norm`` L (timm groups it with the last
     block); everything else (fc_norm, head) L + 1. For a schedule of all ones this is timm's ``group_matcher``
     grouping of a ViT of depth L (``param_groups_layer_decay``).
     """
@@ -338,12 +339,15 @@ def raptor_layer_ids(model: nn.Module) -> dict[str, int]:
     depth = len(model.step_block_indices)
     stem = re.compile(r"^(cls_token|reg_token|pos_embed|patch_embed|norm_pre)")
     block = re.compile(r"^blocks\.(\d+)\.")
+    adapter = re.compile(r"^relax\.(\d+)\.")
     layer_ids = {}
     for name, _ in model.named_parameters():
         if stem.match(name):
             layer_ids[name] = 0
         elif match := block.match(name):
             layer_ids[name] = 1 + first_step[int(match.group(1))]
+        elif match := adapter.match(name):
+            layer_ids[name] = 1 + int(match.group(1))
         elif name.startswith("norm."):
             layer_ids[name] = depth
         else:

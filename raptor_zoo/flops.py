@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['count_flops', 'count_params']
+__all__ = ['count_flops', 'count_params', 'relaxation_overhead']
 
 
 def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, batch_size: int = 1, **forward_kwargs: Any) -> int:
@@ -43,3 +43,29 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
         if not trainable_only or p.requires_grad:
             seen[id(p)] = p.numel()
     return sum(seen.values())
+
+
+def relaxation_overhead(raptor: nn.Module, input_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """What a relaxed Raptor's per-step adapters add over the same pure Raptor: parameters and FLOPs per image.
+
+    Both models are rebuilt on the meta device from ``raptor.model_args`` (architecture, not weights); a pure
+    Raptor (``relax_rank`` 0) adds nothing. Fractions are of the pure Raptor's total and of its shared blocks.
+    """
+    args = dict(raptor.model_args)
+    relax_rank = int(args.get('relax_rank', 0) or 0)
+    pure_args = {key: value for key, value in args.items() if key not in ('relax_rank', 'relax_targets')}
+    if input_size is None:
+        input_size = (raptor.pretrained_cfg or {}).get('input_size')
+    with torch.device('meta'):
+        relaxed, pure = type(raptor)(**args), type(raptor)(**pure_args)
+    relaxed_flops, pure_flops = count_flops(relaxed, input_size), count_flops(pure, input_size)
+    extra_params = count_params(relaxed) - count_params(pure)
+    return {
+        'relax_rank': relax_rank,
+        'relax_targets': list(args.get('relax_targets', ())) if relax_rank else [],
+        'relax_params': extra_params,
+        'relax_params_fraction': extra_params / count_params(pure),
+        'relax_params_fraction_of_blocks': extra_params / count_params(pure.blocks),
+        'relax_flops': relaxed_flops - pure_flops,
+        'relax_flops_fraction': (relaxed_flops - pure_flops) / pure_flops,
+    }

@@ -159,3 +159,22 @@ def test_unedited_marker_detects_edits():
 ])
 def test_teacher_facts(teacher, facts):
     assert cards.teacher_facts(teacher) == facts
+
+
+def test_relaxed_card_states_its_counted_overhead():
+    from raptor_zoo.flops import relaxation_overhead
+
+    config = _digits_config(relax_rank=4, relax_targets=["qkv", "fc1", "fc2"])
+    assert config.relax_rank == 4 and _digits_config().relax_rank == 0
+    text = str(cards.render_model_card(config, model_name="raptor-digits-k2-r4"))
+    with torch.device("meta"):
+        relaxed = timm.create_model("raptor_vit", **config.timm_model_args())
+    overhead = relaxation_overhead(relaxed, (3, 32, 32))
+    # D = 128, k = 2, L = 12, r = 4 on three layers: 12 steps x 4 x (128 + 384 + 128 + 512 + 512 + 128) weights
+    assert overhead["relax_params"] == 12 * 4 * (128 + 384 + 128 + 512 + 512 + 128)
+    line = next(line for line in text.splitlines() if line.startswith("- **Relaxation:**"))
+    assert "rank-4" in line and "qkv, fc1, fc2" in line and f"+{overhead['relax_params'] / 1e6:.3f} M" in line
+    assert f"+{100 * overhead['relax_flops_fraction']:.2f}% FLOPs" in line
+    assert "FLOP parity with the teacher is not exact" in text
+    pure_text = str(cards.render_model_card(_digits_config(), model_name="raptor-digits-k2"))
+    assert "Relaxation" not in pure_text and "adapters" not in pure_text

@@ -316,3 +316,12 @@ def test_finetune_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(rap
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_relaxed_adapters_take_the_lr_scale_of_their_own_step():
+    model = tiny_raptor(block_schedule=(2, 3, 1), relax_rank=2)
+    layer_ids = raptor_layer_ids(model)
+    assert layer_ids["relax.0.qkv_a"] == 1 and layer_ids["relax.1.fc2_b"] == 2 and layer_ids["relax.5.fc1_a"] == 6
+    assert layer_ids["blocks.1.mlp.fc1.weight"] == 3 and layer_ids["head.weight"] == 7
+    scales = per_parameter_lr_scale(model, layer_decay_param_groups(model, 0.05, 0.5))
+    assert scales["relax.1.fc2_b"] == pytest.approx(0.5 ** 5) and scales["relax.5.fc1_a"] == pytest.approx(0.5)

@@ -162,6 +162,11 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         """Number of unique blocks."""
         return len(self.block_schedule)
 
+    @property
+    def relax_rank(self) -> int:
+        """Rank of the per-step low-rank adapters (relaxation); 0 for a pure Raptor."""
+        return int((self.model_args or {}).get("relax_rank", 0) or 0)
+
     def timm_model_args(self, num_classes: int | None = None) -> dict[str, Any]:
         """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``num_labels``)."""
         args = dict(self.model_args or {})

@@ -1,0 +1,384 @@
+# Copyright 2026 The raptor_zoo developers. Licensed under the Apache License, Version 2.0.
+"""The paper's small-scale findings, checked on the embedded digits data (docs/study_digits.md).
+
+For every stochastic-depth rate x seed it trains a digits teacher (recipes/train_teacher.py with
+recipes/configs/digits_teacher.yaml), measures its phase structure (similarity matrix, max-cut phases and
+metrics), and distils Raptors for each k (recipes/configs/digits_k2.yaml with k set); optionally relaxed k = 2
+Raptors (per-step low-rank adapters, `--relax-ranks`). Every Raptor is scored on the held-out split: accuracy
+recovery, per-layer fidelity, and anytime accuracy after m < L steps next to the truncated teacher.
+
+    python benchmarks/study_digits.py                          # default grid: drop path {0, .1, .2} x 3 seeds, k = 2, 3
+    python benchmarks/study_digits.py --full                   # k = 1..4 and k = L (the control)
+    python benchmarks/study_digits.py --relax-ranks 1 2 4 8    # + relaxed k = 2 on the teachers of --relax-rates
+    python benchmarks/study_digits.py --workers 2              # two runs at a time, one thread each
+    python benchmarks/study_digits.py --quick                  # a tiny grid in about a minute (tests)
+    python benchmarks/study_digits.py --report-only            # tables and plots from what is done so far
+
+Resumable: a finished run leaves its record in <out-dir>/runs/ and is skipped next time; an interrupted one
+continues from its last checkpoint in <work-dir>. Workers claim runs with lock files, so several invocations
+(or --workers N) share one grid. Outputs in <out-dir>: summary.json, tables.md and the plots.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from raptor_zoo.data import build_transform, load_image_dataset
+from raptor_zoo.distill.evaluate import raptor_trajectory
+from raptor_zoo.distill.recipe import DistillConfig, training_function
+from raptor_zoo.flops import count_flops, count_params
+from raptor_zoo.hub import load_pretrained
+from raptor_zoo.phases import discover
+from raptor_zoo.teachers import load_teacher
+from raptor_zoo.training import parse_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class StudyConfig:
+    """Train digits teachers at several stochastic-depth rates and seeds, distil Raptors, and compare."""
+    drop_path_rates: tuple[float, ...] = field(default=(0.0, 0.1, 0.2), metadata={
+        "group": "Grid", "help": "teacher stochastic-depth rates"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"group": "Grid", "help": "seeds (teacher and Raptor)"})
+    ks: tuple[int, ...] = field(default=(2, 3), metadata={"group": "Grid", "help": "Raptor block counts"})
+    full: bool = field(default=False, metadata={"group": "Grid", "help": "k = 1..4 and k = L instead of --ks"})
+    relax_ranks: tuple[int, ...] = field(default=(), metadata={
+        "group": "Grid", "help": "relaxed k = 2 Raptors at these adapter ranks (issue 11); empty = none"})
+    relax_rates: tuple[float, ...] = field(default=(0.0, 0.2), metadata={
+        "group": "Grid", "help": "drop-path rates whose teachers get the relaxed Raptors"})
+    quick: bool = field(default=False, metadata={
+        "group": "Grid", "help": "a tiny grid for tests: rates 0 and .2, one seed, k = 2, a few steps each"})
+    teacher_config: str = field(default="recipes/configs/digits_teacher.yaml", metadata={
+        "group": "Runs", "help": "base config of every teacher (the rate and seed are set per run)"})
+    raptor_config: str = field(default="recipes/configs/digits_k2.yaml", metadata={
+        "group": "Runs", "help": "base config of every Raptor (teacher, k, seed, relax_rank set per run)"})
+    drop_path_mode: str = field(default="uniform", metadata={
+        "group": "Runs", "help": "teacher drop-path profile: uniform (the paper's small-scale setting) or linear"})
+    teacher_epochs: Optional[int] = field(default=None, metadata={
+        "group": "Runs", "help": "teacher epochs; none = the teacher config's"})
+    raptor_steps: Optional[int] = field(default=None, metadata={
+        "group": "Runs", "help": "Raptor distillation steps; none = the Raptor config's"})
+    phase_images: int = field(default=256, metadata={"group": "Runs", "help": "training images for phase metrics"})
+    workers: int = field(default=1, metadata={
+        "group": "Runs", "help": "runs in parallel (each in its own process, threads split between them)"})
+    work_dir: str = field(default="outputs/study_digits", metadata={
+        "group": "Output", "help": "models and checkpoints (large, not committed)"})
+    out_dir: str = field(default="benchmarks/results/study_digits", metadata={
+        "group": "Output", "help": "run records, summary.json, tables.md and plots"})
+    report_only: bool = field(default=False, metadata={
+        "group": "Output", "help": "only rebuild the report from the records already in --out-dir"})
+
+    def __post_init__(self):
+        if self.quick:
+            self.drop_path_rates, self.seeds, self.ks = (0.0, 0.2), (0,), (2,)
+            self.relax_rates = tuple(rate for rate in self.relax_rates if rate in self.drop_path_rates)
+            self.teacher_epochs, self.raptor_steps, self.phase_images = 1, self.raptor_steps or 4, 64
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}.")
+        missing = sorted(set(self.relax_rates) - set(self.drop_path_rates)) if self.relax_ranks else []
+        if missing:
+            raise ValueError(f"--relax-rates {missing} are not in --drop-path-rates {list(self.drop_path_rates)}; "
+                             "relaxed Raptors need those teachers.")
+        if any(rank < 1 for rank in self.relax_ranks):
+            raise ValueError(f"--relax-ranks must be >= 1 (r = 0 is the pure Raptor, always run), got {self.relax_ranks}.")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The grid: runs, their records, and claiming them
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """One teacher (k is None) or one Raptor of the grid."""
+    rate: float
+    seed: int
+    k: Optional[int] = None
+    relax_rank: int = 0
+
+    @property
+    def teacher_name(self) -> str:
+        return f"teacher-dp{self.rate:g}-s{self.seed}"
+
+    @property
+    def name(self) -> str:
+        if self.k is None:
+            return self.teacher_name
+        return f"raptor-dp{self.rate:g}-s{self.seed}-k{self.k}" + (f"-r{self.relax_rank}" if self.relax_rank else "")
+
+
+def study_runs(config: StudyConfig, depth: int = 12) -> list[Run]:
+    """Every run, in the order they are taken: teachers seed by seed, then Raptors, then relaxed Raptors."""
+    ks = sorted({1, 2, 3, 4, depth}) if config.full else sorted(set(config.ks))
+    teachers = [Run(rate, seed) for seed in config.seeds for rate in config.drop_path_rates]
+    raptors = [Run(rate, seed, k) for seed in config.seeds for rate in config.drop_path_rates for k in ks]
+    relaxed = [Run(rate, seed, 2, rank) for rank in config.relax_ranks for seed in config.seeds
+               for rate in config.relax_rates]
+    return teachers + raptors + relaxed
+
+
+def record_path(config: StudyConfig, run: Run) -> Path:
+    return Path(config.out_dir) / "runs" / f"{run.name}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(config: StudyConfig, run: Run) -> bool:
+    """Take a run with an exclusive lock file; a lock left by a dead process on this host is taken over."""
+    lock = Path(config.work_dir) / "locks" / f"{run.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            return False
+        if owner.get("host") != socket.gethostname() or _pid_alive(int(owner.get("pid", 0))):
+            return False
+        lock.unlink(missing_ok=True)
+        return claim(config, run)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+    return True
+
+
+def release(config: StudyConfig, run: Run) -> None:
+    (Path(config.work_dir) / "locks" / f"{run.name}.lock").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------------------------------
+
+def held_out_images(dataset: str, split: str, data_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split as (images, labels) tensors at a model's data_config, without augmentation."""
+    data = load_image_dataset(dataset, split=split)
+    transform = build_transform(data_config, is_training=False)
+    images = torch.stack([transform(example["image"]) for example in data])
+    return images, torch.tensor(data["label"])
+
+
+@torch.no_grad()
+def teacher_anytime_accuracy(teacher, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Accuracy of the teacher truncated after m = 1..L blocks (final norm and head applied to x_m)."""
+    trajectory = teacher.trajectory(images)
+    return [(teacher.forward_head_from_state(trajectory[:, m]).argmax(-1) == labels).float().mean().item()
+            for m in range(1, teacher.depth + 1)]
+
+
+@torch.no_grad()
+def raptor_anytime_accuracy(raptor, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Accuracy of the Raptor stopped after m = 1..L steps (its `num_steps` anytime mode)."""
+    trajectory = raptor_trajectory(raptor.eval(), images)
+    return [(raptor.forward_head(raptor.norm(trajectory[:, m])).argmax(-1) == labels).float().mean().item()
+            for m in range(1, raptor.depth + 1)]
+
+
+def phase_metrics(distance: np.ndarray, scores: list[dict]) -> dict[str, Any]:
+    """Phase-structure metrics of a layer distance matrix and its max-cut partitions (method.md §6)."""
+    depth = distance.shape[0]
+    off_diagonal = distance[~np.eye(depth, dtype=bool)]
+    metrics: dict[str, Any] = {"mean_offdiag_distance": float(off_diagonal.mean())}
+    for score in scores:
+        k = score["k"]
+        if k < 2:
+            continue
+        label = np.zeros(depth, dtype=int)
+        for index, phase in enumerate(score["phases"]):
+            label[np.asarray(phase) - 1] = index
+        same = (label[:, None] == label[None, :]) & ~np.eye(depth, dtype=bool)
+        cross = label[:, None] != label[None, :]
+        within = float(distance[same].mean()) if same.any() else 0.0
+        metrics[f"k{k}"] = {"cut_fraction": score["cut_fraction"], "block_schedule": score["block_schedule"],
+                            "within_distance": within, "cross_distance": float(distance[cross].mean()),
+                            "contrast": float(distance[cross].mean()) - within}
+    return metrics
+
+
+def run_teacher(config: StudyConfig, run: Run) -> dict:
+    """Train one teacher (resumable), then record its accuracy, phase structure and anytime curve."""
+    recipe = _load_recipe("train_teacher")
+    output_dir = Path(config.work_dir) / run.name
+    argv = ["--config", str(_repo_path(config.teacher_config)), "--drop-path-rate", str(run.rate),
+            "--drop-path-mode", config.drop_path_mode, "--seed", str(run.seed), "--output-dir", str(output_dir),
+            "--resume", "latest", "--checkpoint-every", "100", "--keep-checkpoints", "1"]
+    if config.teacher_epochs is not None:
+        argv += ["--epochs", str(config.teacher_epochs)]
+    if config.quick:
+        argv += ["--max-steps", "3", "--eval-every-epochs", "1"]
+    teacher_config = parse_config(recipe.TrainTeacherConfig, argv)
+    metrics = recipe.training_function(teacher_config)
+
+    teacher = load_teacher(str(output_dir))
+    train_images, _ = held_out_images(teacher_config.dataset, teacher_config.train_split, teacher.data_config)
+    phases = discover(teacher, train_images[:config.phase_images], k=2, max_k=min(4, teacher.depth), progress=False)
+    phases.save(output_dir, stem="phases")
+    images, labels = held_out_images(teacher_config.dataset, teacher_config.eval_split, teacher.data_config)
+    return {
+        "name": run.name, "kind": "teacher", "drop_path_rate": run.rate, "drop_path_mode": config.drop_path_mode,
+        "seed": run.seed, "depth": teacher.depth, "held_out_accuracy": metrics["held_out_accuracy"],
+        "train_time_s": metrics["train_time_s"], "steps": metrics["steps"],
+        "distance": np.asarray(phases.distance).tolist(), "phase_metrics": phase_metrics(phases.distance, phases.scores),
+        "anytime_accuracy": teacher_anytime_accuracy(teacher, images, labels),
+    }
+
+
+def run_raptor(config: StudyConfig, run: Run) -> dict:
+    """Distil one Raptor from its teacher (resumable), then record fidelity, cost and the anytime curve."""
+    teacher_dir = Path(config.work_dir) / run.teacher_name
+    output_dir = Path(config.work_dir) / run.name
+    argv = ["--config", str(_repo_path(config.raptor_config)), "--teacher", str(teacher_dir), "--k", str(run.k),
+            "--seed", str(run.seed), "--relax-rank", str(run.relax_rank), "--output-dir", str(output_dir),
+            "--resume", "latest", "--checkpoint-every", "100", "--keep-checkpoints", "1", "--cpu"]
+    if config.raptor_steps is not None:
+        argv += ["--max-steps", str(config.raptor_steps)]
+    if config.quick:
+        argv += ["--phase-images", "64", "--max-train-images", "256"]
+    distill_config = parse_config(DistillConfig, argv)
+    metrics = training_function(distill_config)
+
+    raptor = load_pretrained(str(output_dir)).eval()
+    teacher = load_teacher(str(teacher_dir))
+    images, labels = held_out_images(distill_config.dataset, distill_config.eval_split, teacher.data_config)
+    input_size = tuple(teacher.data_config["input_size"])
+    pure = _without_adapters(raptor)
+    training = metrics["training"]
+    return {
+        "name": run.name, "kind": "raptor", "drop_path_rate": run.rate, "seed": run.seed, "k": len(raptor.blocks),
+        "relax_rank": run.relax_rank, "block_schedule": list(raptor.block_schedule),
+        "teacher_accuracy": metrics["teacher_accuracy"], "raptor_accuracy": metrics["raptor_accuracy"],
+        "recovery": metrics["recovery"], "agreement": metrics["agreement"],
+        "mean_cosine": metrics["mean_cosine"]["all"], "cosine": metrics["cosine"],
+        "r2_paper_all_layers": metrics["r2_paper_all_layers"],
+        "params": count_params(raptor), "block_params": count_params(raptor.blocks),
+        "pure_params": count_params(pure), "flops": count_flops(raptor, input_size),
+        "pure_flops": count_flops(pure, input_size), "teacher_flops": count_flops(teacher.model, input_size),
+        "steps": training["steps"], "train_time_s": training["train_time_s"],
+        "s_per_step": training["train_time_s"] / max(training["steps"], 1),
+        "threads": torch.get_num_threads(),
+        "anytime_accuracy": raptor_anytime_accuracy(raptor, images, labels),
+    }
+
+
+def _without_adapters(raptor):
+    """The same Raptor with its adapters dropped: the pure Raptor its overhead is measured against."""
+    if raptor.relax is None:
+        return raptor
+    args = {key: value for key, value in raptor.model_args.items() if key not in ("relax_rank", "relax_targets")}
+    pure = type(raptor)(**args)
+    pure.load_state_dict({key: value for key, value in raptor.state_dict().items() if not key.startswith("relax.")})
+    return pure.eval()
+
+
+def _repo_path(path: str) -> Path:
+    return Path(path) if Path(path).is_file() else REPO_ROOT / path
+
+
+def _load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipes_{name}", REPO_ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running the grid
+# ----------------------------------------------------------------------------------------------------
+
+def work_through(config: StudyConfig, runs: list[Run]) -> int:
+    """Take runs whose inputs are ready until none is left; returns how many this process finished."""
+    finished = 0
+    while True:
+        pending = [run for run in runs if not record_path(config, run).is_file()]
+        if not pending:
+            return finished
+        ready = [run for run in pending if run.k is None
+                 or record_path(config, Run(run.rate, run.seed)).is_file()]
+        taken = next((run for run in ready if claim(config, run)), None)
+        if taken is None:
+            time.sleep(5)  # the rest is claimed by other workers, or waits for their teachers
+            continue
+        try:
+            if not record_path(config, taken).is_file():
+                record = run_teacher(config, taken) if taken.k is None else run_raptor(config, taken)
+                record["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+                write_json_atomic(record_path(config, taken), record)
+                finished += 1
+        finally:
+            release(config, taken)
+
+
+def launch_workers(config: StudyConfig, argv: list[str], runs: list[Run]) -> int:
+    """Run `--workers` copies of this script with the threads split between them; show overall progress."""
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log_dir = Path(config.work_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index in range(config.workers):
+        log = open(log_dir / f"worker{index}.log", "a")
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--workers", "1"]  # the last flag wins
+        workers.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    done = lambda: sum(record_path(config, run).is_file() for run in runs)  # noqa: E731
+    with tqdm(total=len(runs), initial=done(), desc=f"study ({config.workers} workers, logs in {log_dir})") as bar:
+        while any(process.poll() is None for process, _ in workers):
+            time.sleep(10)
+            bar.update(done() - bar.n)
+        bar.update(done() - bar.n)
+    failed = [index for index, (process, log) in enumerate(workers) if process.wait() != 0]
+    for _, log in workers:
+        log.close()
+    if failed:
+        raise RuntimeError(f"worker(s) {failed} failed; see {log_dir}/worker<N>.log. Rerun the same command to resume.")
+    return done()
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = parse_config(StudyConfig, argv)
+    runs = study_runs(config)
+    if not config.report_only:
+        if config.workers > 1:
+            launch_workers(config, argv, runs)
+        else:
+            work_through(config, runs)
+    return write_report(config, runs)
+
+
+def write_report(config: StudyConfig, runs: list[Run]) -> dict:
+    records = [json.loads(record_path(config, run).read_text()) for run in runs if record_path(config, run).is_file()]
+    print(f"{len(records)} of {len(runs)} runs recorded in {Path(config.out_dir) / 'runs'}")
+    return {"records": records}
+
+
+if __name__ == "__main__":
+    main()
