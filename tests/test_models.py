@@ -11,7 +11,7 @@ from timm.models._features_fx import create_feature_extractor, get_graph_node_na
 import raptor_zoo  # noqa: F401  (registers the architectures)
 from raptor_zoo.flops import count_flops, count_params
 from raptor_zoo.models.raptor_vit import (
-    RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit, even_block_schedule, scaled_paper_schedule,
+    RAPTOR_ARCHS, RELAXED_RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit, even_block_schedule, scaled_paper_schedule,
     validate_block_schedule)
 
 IMG = 42  # 3x3 patches of 14 px: keeps the full contract fast on 2 CPU cores
@@ -33,7 +33,9 @@ def _create(name: str, **kwargs) -> RaptorVisionTransformer:
 def test_registry_lists_every_teacher_and_k():
     archs = set(timm.list_models('raptor_*'))
     assert len(RAPTOR_ARCHS) == 24
-    assert archs == set(RAPTOR_ARCHS) | {'raptor_vit'}  # plus the generic arch that config.json model_args build
+    # plus the rank-4 relaxed k = 2 variants and the generic arch that config.json model_args build
+    assert archs == set(RAPTOR_ARCHS) | set(RELAXED_RAPTOR_ARCHS) | {'raptor_vit'}
+    assert len(RELAXED_RAPTOR_ARCHS) == 8 and all(a.endswith('_k2_r4') for a in RELAXED_RAPTOR_ARCHS)
     assert timm.list_pretrained('raptor_*') == []  # nothing published yet: no cfg names a weight source
     with pytest.raises(RuntimeError, match='No pretrained weights exist'):
         timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', pretrained=True)
@@ -319,3 +321,20 @@ def test_bad_input_errors():
         timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', img_size=225)
     with pytest.raises(ValueError, match="block_type"):
         timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', block_type='mamba')
+
+
+@pytest.mark.parametrize('name', sorted(RELAXED_RAPTOR_ARCHS))
+def test_relaxed_archs_are_their_base_arch_plus_rank_4_adapters(name):
+    from raptor_zoo.flops import relaxation_overhead
+
+    with torch.device('meta'):
+        model = timm.create_model(name)
+        base = timm.create_model(RELAXED_RAPTOR_ARCHS[name]['base_arch'])
+    assert model.relax_rank == 4 and model.model_args['relax_rank'] == 4
+    assert set(base.state_dict()) < set(model.state_dict())
+    overhead = relaxation_overhead(model, (3, 224, 224))
+    dim = model.embed_dim
+    # DESIGN.md §4: 16 r D params per step with all four layers adapted (the MLP hidden width 4D, or SwiGLU's)
+    if 'giant' not in name:
+        assert overhead['relax_params'] == 16 * 4 * dim * model.depth
+    assert 0 < overhead['relax_flops_fraction'] < 0.02

@@ -32,6 +32,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, global_pool
 
 __all__ = [
     'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
+    'RELAXED_RAPTOR_ARCHS',
     'PAPER_PHASE_BOUNDARIES',
     'cls_avg_pool', 'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
     'create_raptor_from_vit',
@@ -958,14 +959,20 @@ for _teacher, _args in _DINOV2_TEACHERS.items():
             model_args={key: value for key, value in _args.items() if key != 'depth'},
         )
 
+# relaxed k = 2 variants (DESIGN.md §4): the same arch with rank-4 per-step adapters on all four linear layers
+RELAXED_RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {
+    f'{arch}_r4': dict(spec, base_arch=arch, model_args=dict(spec['model_args'], relax_rank=4))
+    for arch, spec in RAPTOR_ARCHS.items() if spec['k'] == 2
+}
+
 default_cfgs = generate_default_cfgs({
     **{
         arch: _cfg(notes=(
             f"teacher: {spec['teacher']}",
             f"block_schedule: {spec['block_schedule']}",
             f"schedule_source: {spec['schedule_source']}",
-        ))
-        for arch, spec in RAPTOR_ARCHS.items()
+        ) + ((f"relax_rank: {spec['model_args']['relax_rank']}",) if 'relax_rank' in spec['model_args'] else ()))
+        for arch, spec in {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}.items()
     },
     'raptor_vit': _cfg(),  # generic: every architecture argument comes from model_args
 })
@@ -989,20 +996,19 @@ def raptor_vit(pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransform
     return _create_raptor_vit('raptor_vit', pretrained=pretrained, **kwargs)
 
 
-def _make_entrypoint(arch: str) -> None:
-    spec = RAPTOR_ARCHS[arch]
-
+def _make_entrypoint(arch: str, spec: Dict[str, Any]) -> None:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransformer:
         model_args = dict(spec['model_args'], block_schedule=spec['block_schedule'])
         return _create_raptor_vit(arch, pretrained=pretrained, **dict(model_args, **kwargs))
 
     entrypoint.__name__ = entrypoint.__qualname__ = arch
     entrypoint.__module__ = __name__
+    relax_rank = spec['model_args'].get('relax_rank', 0)
     entrypoint.__doc__ = (
         f"Raptor of {spec['teacher']}, k={spec['k']} blocks on schedule {spec['block_schedule']} "
-        f"({spec['schedule_source']} phases).")
+        f"({spec['schedule_source']} phases)" + (f", rank-{relax_rank} per-step adapters." if relax_rank else "."))
     globals()[arch] = register_model(entrypoint)
 
 
-for _arch in RAPTOR_ARCHS:
-    _make_entrypoint(_arch)
+for _arch, _spec in {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}.items():
+    _make_entrypoint(_arch, _spec)
