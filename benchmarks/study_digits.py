@@ -306,6 +306,7 @@ def _repo_path(path: str) -> Path:
 def _load_recipe(name: str):
     spec = importlib.util.spec_from_file_location(f"recipes_{name}", REPO_ROOT / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -374,10 +375,304 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return write_report(config, runs)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Report: tables, plots and summary.json from the run records
+# ----------------------------------------------------------------------------------------------------
+
+def _stats(values: list[float]) -> dict[str, float]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "n": len(values), "min": min(values), "max": max(values)}
+
+
+def _pm(stats: dict[str, float], scale: float = 100.0, digits: int = 1, unit: str = "%") -> str:
+    if not stats["n"]:
+        return "-"
+    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}{unit} (n={stats['n']})"
+
+
+def _pearson(x: list[float], y: list[float]) -> Optional[float]:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _spearman(x: list[float], y: list[float]) -> Optional[float]:
+    rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731  (no ties expected in measured floats)
+    return _pearson(list(rank(np.asarray(x))), list(rank(np.asarray(y)))) if len(x) >= 3 else None
+
+
+def summarise(teachers: list[dict], raptors: list[dict]) -> dict[str, Any]:
+    """Means and spreads over seeds, target checks, and the correlations the paper claims."""
+    by_teacher = {(t["drop_path_rate"], t["seed"]): t for t in teachers}
+    rates = sorted({t["drop_path_rate"] for t in teachers})
+    teacher_rows = []
+    for rate in rates:
+        group = [t for t in teachers if t["drop_path_rate"] == rate]
+        teacher_rows.append({
+            "drop_path_rate": rate, "held_out_accuracy": _stats([t["held_out_accuracy"] for t in group]),
+            "mean_offdiag_distance": _stats([t["phase_metrics"]["mean_offdiag_distance"] for t in group]),
+            "k2_cut_fraction": _stats([t["phase_metrics"]["k2"]["cut_fraction"] for t in group]),
+            "k2_contrast": _stats([t["phase_metrics"]["k2"]["contrast"] for t in group]),
+            "k2_schedules": sorted({tuple(t["phase_metrics"]["k2"]["block_schedule"]) for t in group}),
+            "k3_schedules": sorted({tuple(t["phase_metrics"]["k3"]["block_schedule"]) for t in group
+                                    if "k3" in t["phase_metrics"]}),
+        })
+    pure = [r for r in raptors if r["relax_rank"] == 0]
+    raptor_rows = []
+    for rate in rates:
+        for k in sorted({r["k"] for r in pure}):
+            group = [r for r in pure if r["drop_path_rate"] == rate and r["k"] == k]
+            if group:
+                raptor_rows.append({
+                    "drop_path_rate": rate, "k": k, "recovery": _stats([r["recovery"] for r in group]),
+                    "raptor_accuracy": _stats([r["raptor_accuracy"] for r in group]),
+                    "mean_cosine": _stats([r["mean_cosine"] for r in group]),
+                    "cls_final_cosine": _stats([r["cosine"]["cls"][-1] for r in group]),
+                    "s_per_step": _stats([r["s_per_step"] for r in group])})
+    targets = {}
+    for k, target in ((2, 0.98), (3, 0.995)):
+        rows = [row for row in raptor_rows if row["k"] == k]
+        if rows:
+            targets[f"k{k}"] = {"target": target, "by_rate": {
+                str(row["drop_path_rate"]): {"mean_recovery": row["recovery"]["mean"],
+                                             "hit": bool(row["recovery"]["mean"] >= target)} for row in rows}}
+    relations = {}
+    for k in (2, 3):
+        pairs = [(r, by_teacher[(r["drop_path_rate"], r["seed"])]) for r in pure
+                 if r["k"] == k and (r["drop_path_rate"], r["seed"]) in by_teacher]
+        if len(pairs) < 3:
+            continue
+        recovery = [r["recovery"] for r, _ in pairs]
+        cosine = [r["mean_cosine"] for r, _ in pairs]
+        relation = {"n": len(pairs)}
+        for label, xs in (("drop_path_rate", [r["drop_path_rate"] for r, _ in pairs]),
+                          ("mean_offdiag_distance", [t["phase_metrics"]["mean_offdiag_distance"] for _, t in pairs]),
+                          ("k2_contrast", [t["phase_metrics"]["k2"]["contrast"] for _, t in pairs]),
+                          ("k2_cut_fraction", [t["phase_metrics"]["k2"]["cut_fraction"] for _, t in pairs])):
+            relation[label] = {"pearson_recovery": _pearson(xs, recovery), "spearman_recovery": _spearman(xs, recovery),
+                               "pearson_mean_cosine": _pearson(xs, cosine)}
+        relations[f"k{k}"] = relation
+    anytime = []
+    for rate in rates:
+        group_t = [t["anytime_accuracy"] for t in teachers if t["drop_path_rate"] == rate]
+        row = {"drop_path_rate": rate, "teacher": np.mean(group_t, axis=0).tolist() if group_t else []}
+        for k in sorted({r["k"] for r in pure}):
+            curves = [r["anytime_accuracy"] for r in pure if r["drop_path_rate"] == rate and r["k"] == k]
+            if curves:
+                row[f"raptor_k{k}"] = np.mean(curves, axis=0).tolist()
+        anytime.append(row)
+    relax_rows = []
+    for rate in sorted({r["drop_path_rate"] for r in raptors if r["relax_rank"]}):
+        base = [r for r in pure if r["drop_path_rate"] == rate and r["k"] == 2]
+        base_step = _stats([r["s_per_step"] for r in base])["mean"]
+        settings = [(2, 0)] + [(2, rank) for rank in sorted({r["relax_rank"] for r in raptors if r["relax_rank"]})] \
+            + [(3, 0)]
+        for k, rank in settings:
+            group = [r for r in raptors if r["drop_path_rate"] == rate and r["k"] == k and r["relax_rank"] == rank]
+            if not group:
+                continue
+            step = _stats([r["s_per_step"] for r in group])
+            relax_rows.append({
+                "drop_path_rate": rate, "k": k, "relax_rank": rank, "recovery": _stats([r["recovery"] for r in group]),
+                "mean_cosine": _stats([r["mean_cosine"] for r in group]),
+                "param_overhead": (group[0]["params"] - group[0]["pure_params"]) / group[0]["pure_params"],
+                "block_param_overhead": (group[0]["params"] - group[0]["pure_params"]) / group[0]["block_params"],
+                "params": group[0]["params"], "flop_overhead": group[0]["flops"] / group[0]["pure_flops"] - 1,
+                "s_per_step": step, "step_time_ratio": step["mean"] / base_step if base_step else None})
+    return {"teachers": teacher_rows, "raptors": raptor_rows, "targets": targets, "relations": relations,
+            "anytime": anytime, "relaxation": relax_rows}
+
+
+def format_tables(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables (tables.md)."""
+    lines = ["## Teachers (held-out accuracy, phase structure)", "",
+             "| drop path | teacher accuracy | mean off-diagonal distance | k=2 cut fraction | k=2 contrast "
+             "(cross - within) | k=2 schedules | k=3 schedules |", "|---|---|---|---|---|---|---|"]
+    for row in summary["teachers"]:
+        lines.append(
+            f"| {row['drop_path_rate']:g} | {_pm(row['held_out_accuracy'], digits=2)} | "
+            f"{_pm(row['mean_offdiag_distance'], 1, 3, '')} | {_pm(row['k2_cut_fraction'], 100, 1)} | "
+            f"{_pm(row['k2_contrast'], 1, 3, '')} | {', '.join(map(str, row['k2_schedules']))} | "
+            f"{', '.join(map(str, row['k3_schedules']))} |")
+    lines += ["", "## Raptors (mean ± std over seeds)", "",
+              "| drop path | k | Raptor accuracy | recovery | mean per-layer cosine | cls cosine at layer L | s/step |",
+              "|---|---|---|---|---|---|---|"]
+    for row in summary["raptors"]:
+        lines.append(
+            f"| {row['drop_path_rate']:g} | {row['k']} | {_pm(row['raptor_accuracy'], digits=2)} | "
+            f"{_pm(row['recovery'], digits=2)} | {_pm(row['mean_cosine'], 1, 4, '')} | "
+            f"{_pm(row['cls_final_cosine'], 1, 3, '')} | {_pm(row['s_per_step'], 1, 2, ' s')} |")
+    lines += ["", "## Targets", "", "| k | target recovery | drop path | measured mean | hit |", "|---|---|---|---|---|"]
+    for key, target in summary["targets"].items():
+        for rate, result in target["by_rate"].items():
+            lines.append(f"| {key[1:]} | {100 * target['target']:.1f}% | {float(rate):g} | "
+                         f"{100 * result['mean_recovery']:.2f}% | {'yes' if result['hit'] else 'no'} |")
+    lines += ["", "## Relations over teacher x seed pairs (Pearson / Spearman with recovery; Pearson with cosine)", "",
+              "| k | n | predictor | Pearson r (recovery) | Spearman ρ (recovery) | Pearson r (mean cosine) |",
+              "|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+    for key, relation in summary["relations"].items():
+        for label, values in relation.items():
+            if label != "n":
+                lines.append(f"| {key[1:]} | {relation['n']} | {label} | {fmt(values['pearson_recovery'])} | "
+                             f"{fmt(values['spearman_recovery'])} | {fmt(values['pearson_mean_cosine'])} |")
+    lines += ["", "## Anytime accuracy after m of L steps (mean over seeds)", ""]
+    for row in summary["anytime"]:
+        depth = len(row["teacher"])
+        if not depth:
+            continue
+        steps = sorted({max(1, depth // 3), depth // 2, 2 * depth // 3, depth - 2, depth - 1, depth})
+        curves = [name for name in row if name.startswith("raptor_k")]
+        lines += [f"Drop path {row['drop_path_rate']:g}:", "",
+                  "| m | truncated teacher | " + " | ".join(f"Raptor k={c[8:]}" for c in curves) + " |",
+                  "|---" * (2 + len(curves)) + "|"]
+        for m in steps:
+            lines.append(f"| {m} | {100 * row['teacher'][m - 1]:.1f}% | "
+                         + " | ".join(f"{100 * row[c][m - 1]:.1f}%" for c in curves) + " |")
+        lines.append("")
+    if summary["relaxation"]:
+        lines += ["## Relaxation (per-step low-rank adapters), k = 2", "",
+                  "| teacher drop path | k | r | recovery | mean per-layer cosine | params (+% of shared blocks) | "
+                  "FLOPs overhead | s/step (x pure k=2) |", "|---|---|---|---|---|---|---|---|"]
+        for row in summary["relaxation"]:
+            ratio = f" ({row['step_time_ratio']:.2f}x)" if row["step_time_ratio"] else ""
+            lines.append(
+                f"| {row['drop_path_rate']:g} | {row['k']} | {row['relax_rank']} | {_pm(row['recovery'], digits=2)} | "
+                f"{_pm(row['mean_cosine'], 1, 4, '')} | {row['params'] / 1e6:.3f} M "
+                f"(+{100 * row['block_param_overhead']:.1f}%) | +{100 * row['flop_overhead']:.2f}% | "
+                f"{row['s_per_step']['mean']:.2f} s{ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * ncols, height), layout="constrained")
+    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def plot_report(summary: dict[str, Any], teachers: list[dict], raptors: list[dict], out_dir: Path) -> list[str]:
+    """The study's figures as PNGs in out_dir; returns their names."""
+    written = []
+    pure = [r for r in raptors if r["relax_rank"] == 0]
+    rates = sorted({row["drop_path_rate"] for row in summary["teachers"]})
+
+    figure, (ax,) = _figure()
+    for rate in rates:
+        rows = [row for row in summary["raptors"] if row["drop_path_rate"] == rate]
+        ax.errorbar([row["k"] for row in rows], [100 * row["recovery"]["mean"] for row in rows],
+                    yerr=[100 * row["recovery"]["std"] for row in rows], marker="o", capsize=3, label=f"drop path {rate:g}")
+    ax.axhline(98, color="grey", ls=":", lw=1)
+    ax.axhline(99.5, color="grey", ls="--", lw=1)
+    ax.set(xlabel="k (unique blocks)", ylabel="accuracy recovery (% of teacher)", title="Recovery vs k (mean ± std)")
+    ax.legend()
+    figure.savefig(out_dir / "recovery_vs_k.png", dpi=120)
+    written.append("recovery_vs_k.png")
+
+    figure, axes = _figure(2)
+    for k in sorted({r["k"] for r in pure}):
+        group = [r for r in pure if r["k"] == k]
+        for ax, key, label in ((axes[0], "recovery", "accuracy recovery (%)"), (axes[1], "mean_cosine", "mean per-layer cosine")):
+            scale = 100 if key == "recovery" else 1
+            ax.scatter([r["drop_path_rate"] for r in group], [scale * r[key] for r in group], alpha=0.5)
+            rows = [row for row in summary["raptors"] if row["k"] == k]
+            ax.plot([row["drop_path_rate"] for row in rows], [scale * row[key]["mean"] for row in rows], marker="o",
+                    label=f"k={k}")
+            ax.set(xlabel="teacher stochastic-depth rate", ylabel=label)
+    axes[0].set_title("Raptor fit vs stochastic depth (dots: seeds)")
+    axes[0].legend()
+    figure.savefig(out_dir / "fit_vs_drop_path.png", dpi=120)
+    written.append("fit_vs_drop_path.png")
+
+    by_teacher = {(t["drop_path_rate"], t["seed"]): t for t in teachers}
+    pairs = [(r, by_teacher[(r["drop_path_rate"], r["seed"])]) for r in pure
+             if r["k"] == 2 and (r["drop_path_rate"], r["seed"]) in by_teacher]
+    if pairs:
+        figure, axes = _figure(2)
+        for ax, metric, label in ((axes[0], "mean_offdiag_distance", "mean off-diagonal layer distance"),
+                                  (axes[1], "contrast", "k=2 phase contrast (cross - within distance)")):
+            xs = [t["phase_metrics"][metric] if metric in t["phase_metrics"] else t["phase_metrics"]["k2"][metric]
+                  for _, t in pairs]
+            ys = [100 * r["recovery"] for r, _ in pairs]
+            scatter = ax.scatter(xs, ys, c=[r["drop_path_rate"] for r, _ in pairs], cmap="viridis")
+            pearson = _pearson(xs, ys)
+            ax.set(xlabel=label, ylabel="k=2 recovery (%)",
+                   title=f"Pearson r = {pearson:+.2f} (n={len(xs)})" if pearson is not None else f"n={len(xs)}")
+        figure.colorbar(scatter, ax=axes[1], label="drop path")
+        figure.savefig(out_dir / "phase_metric_vs_fit.png", dpi=120)
+        written.append("phase_metric_vs_fit.png")
+
+    figure, axes = _figure(len(rates), width=4.2)
+    for ax, row in zip(axes, summary["anytime"]):
+        steps = np.arange(1, len(row["teacher"]) + 1)
+        ax.plot(steps, 100 * np.asarray(row["teacher"]), marker="o", color="black", label="teacher, truncated")
+        for name in (n for n in row if n.startswith("raptor_k")):
+            ax.plot(steps, 100 * np.asarray(row[name]), marker=".", label=f"Raptor k={name[8:]}, num_steps=m")
+        ax.set(xlabel="steps m", ylabel="held-out accuracy (%)", title=f"drop path {row['drop_path_rate']:g}", ylim=(0, 100))
+    axes[0].legend(loc="lower right")
+    figure.savefig(out_dir / "anytime.png", dpi=120)
+    written.append("anytime.png")
+
+    figure, axes = _figure(len(rates), width=3.6, height=3.4)
+    for ax, rate in zip(axes, rates):
+        matrices = [np.asarray(t["distance"]) for t in teachers if t["drop_path_rate"] == rate]
+        image = ax.imshow(np.mean(matrices, axis=0), cmap="magma", vmin=0)
+        depth = matrices[0].shape[0]
+        ax.set(title=f"drop path {rate:g} (mean of {len(matrices)})", xlabel="layer", ylabel="layer",
+               xticks=range(0, depth, 2), xticklabels=range(1, depth + 1, 2), yticks=range(0, depth, 2),
+               yticklabels=range(1, depth + 1, 2))
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    figure.savefig(out_dir / "distance_matrices.png", dpi=120)
+    written.append("distance_matrices.png")
+
+    if summary["relaxation"]:
+        figure, (ax,) = _figure()
+        for rate in sorted({row["drop_path_rate"] for row in summary["relaxation"]}):
+            rows = [row for row in summary["relaxation"] if row["drop_path_rate"] == rate and row["k"] == 2]
+            line = ax.errorbar([row["relax_rank"] for row in rows], [100 * row["recovery"]["mean"] for row in rows],
+                               yerr=[100 * row["recovery"]["std"] for row in rows], marker="o", capsize=3,
+                               label=f"k=2, teacher drop path {rate:g}")
+            k3 = [row for row in summary["relaxation"] if row["drop_path_rate"] == rate and row["k"] == 3]
+            if k3:
+                ax.axhline(100 * k3[0]["recovery"]["mean"], ls="--", color=line[0].get_color(), lw=1,
+                           label=f"k=3 pure, drop path {rate:g}")
+        ax.axhline(98, color="grey", ls=":", lw=1)
+        ax.set(xlabel="adapter rank r (0 = pure Raptor)", ylabel="accuracy recovery (%)",
+               title="Relaxed Raptor: recovery vs adapter rank")
+        ax.legend(fontsize=8)
+        figure.savefig(out_dir / "relaxation.png", dpi=120)
+        written.append("relaxation.png")
+    return written
+
+
 def write_report(config: StudyConfig, runs: list[Run]) -> dict:
+    """summary.json, tables.md and the plots from every record present; returns the summary."""
+    out_dir = Path(config.out_dir)
     records = [json.loads(record_path(config, run).read_text()) for run in runs if record_path(config, run).is_file()]
-    print(f"{len(records)} of {len(runs)} runs recorded in {Path(config.out_dir) / 'runs'}")
-    return {"records": records}
+    teachers = [r for r in records if r["kind"] == "teacher"]
+    raptors = [r for r in records if r["kind"] == "raptor"]
+    print(f"{len(records)} of {len(runs)} runs recorded in {out_dir / 'runs'}")
+    if not teachers:
+        return {}
+    summary = summarise(teachers, raptors)
+    summary.update(runs_recorded=len(records), runs_planned=len(runs),
+                   grid={"drop_path_rates": list(config.drop_path_rates), "seeds": list(config.seeds),
+                         "ks": sorted({r.k for r in runs if r.k}), "relax_ranks": list(config.relax_ranks),
+                         "relax_rates": list(config.relax_rates), "drop_path_mode": config.drop_path_mode},
+                   dates=sorted({r.get("date") for r in records if r.get("date")}),
+                   machine=f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
+    plots = plot_report(summary, teachers, raptors, out_dir)
+    summary["plots"] = plots
+    write_json_atomic(out_dir / "summary.json", summary)
+    tables = format_tables(summary)
+    (out_dir / "tables.md").write_text(
+        f"# Digits study: {len(records)} of {len(runs)} runs ({', '.join(summary['dates'])}; {summary['machine']})\n\n"
+        + tables)
+    print(tables)
+    return summary
 
 
 if __name__ == "__main__":
