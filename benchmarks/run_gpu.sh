@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU benchmark run, one command (written for one H100; any CUDA GPU works):
 #   bash benchmarks/run_gpu.sh                 # every part below
-#   bash benchmarks/run_gpu.sh vits distill    # some parts: vits | vitb | distill | flops
+#   bash benchmarks/run_gpu.sh vits distill    # some parts: vits | vitb | relax | distill | flops
 #
 # vits / vitb: inference throughput and latency of DINOv2 ViT-S/14 and ViT-B/14 with 4 registers (random init,
 #   224 px) against their Raptors k = 2 and 3, side by side: eager, torch.compile and CUDA graphs
 #   (compile mode "reduce-overhead"), bf16 autocast and fp32, batch 1, 8, 64, 256, plus anytime rows.
+# relax: ViT-B/14 reg4 Raptor k = 2 pure vs relaxed (rank-4 per-step adapters), eager and compile, bf16,
+#   batch 1 and 256: the throughput cost of relaxation (issue 11).
 # distill: training-step throughput of recipes/configs/dinov2_vits14_reg4_k2.yaml (synthetic data, random init)
 #   and of the digits config, with the teacher / student / backward / optimiser breakdown.
 # flops: the FLOPs / params table of every registered arch (device-independent; benchmarks/results/flops.*).
@@ -23,7 +25,7 @@ MODES=${MODES:-eager compile cudagraphs}
 DTYPES=${DTYPES:-bf16 fp32}
 BATCH_SIZES=${BATCH_SIZES:-1 8 64 256}
 MATMUL_PRECISION=${MATMUL_PRECISION:-highest}
-PARTS=${*:-vits vitb distill}
+PARTS=${*:-vits vitb relax distill}
 
 SLUG=$($PYTHON -c "from raptor_zoo.bench import device_slug, resolve_device; print(device_slug(resolve_device('cuda')))")
 OUT=${OUT:-benchmarks/results/${SLUG}-$(date +%Y%m%d)}
@@ -43,6 +45,10 @@ for part in $PARTS; do
   case "$part" in
     vits) throughput vit_small_patch14_reg4_dinov2 ;;
     vitb) throughput vit_base_patch14_reg4_dinov2 ;;
+    relax)
+      $PYTHON benchmarks/throughput.py --arch raptor_vit_base_patch14_reg4_dinov2_k2 \
+        raptor_vit_base_patch14_reg4_dinov2_k2_r4 --device cuda --img-size 224 --modes eager compile \
+        --dtypes bf16 --batch-sizes 1 256 --out "$OUT" --note "random-init weights; relaxation overhead" 2>&1 | tee -a "$LOG" ;;
     distill)
       for config in recipes/configs/dinov2_vits14_reg4_k2.yaml recipes/configs/digits_k2.yaml; do
         if [[ -f "$config" ]]; then
@@ -52,7 +58,7 @@ for part in $PARTS; do
         fi
       done ;;
     flops) $PYTHON benchmarks/flops.py 2>&1 | tee -a "$LOG" ;;
-    *) echo "unknown part '$part'; choose from vits vitb distill flops" >&2; exit 2 ;;
+    *) echo "unknown part '$part'; choose from vits vitb relax distill flops" >&2; exit 2 ;;
   esac
 done
 echo "done: results in $OUT" | tee -a "$LOG"

@@ -424,14 +424,14 @@ def _resolve_pairs(
         arch: Union[str, Sequence[str], None],
 ) -> tuple[Union[str, nn.Module], list[dict[str, Any]]]:
     """(teacher, [{'arch' | 'k'}]) from a teacher + k list, or registered arch names sharing one teacher."""
-    from .models.raptor_vit import RAPTOR_ARCHS
+    from .models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
     archs = [arch] if isinstance(arch, str) else list(arch or ())
     ks = [k] if isinstance(k, int) else list(k or ())
     if archs:
-        unknown = [a for a in archs if a not in RAPTOR_ARCHS]
+        unknown = [a for a in archs if a not in known]
         if unknown:
             raise ValueError(f'Unknown Raptor arch(s) {unknown}; registered: timm.list_models("raptor_*").')
-        teachers = {RAPTOR_ARCHS[a]['teacher'] for a in archs}
+        teachers = {known[a]['teacher'] for a in archs}
         if teacher is None and len(teachers) == 1:
             teacher = teachers.pop()
         elif teacher is None or (isinstance(teacher, str) and teachers != {teacher}):
@@ -670,19 +670,20 @@ def flops_row(
     """FLOPs and parameters of a Raptor against its teacher (one image at ``img_size``, meta device).
 
     ``arch_or_model`` is a registered Raptor arch or a RaptorVisionTransformer; ``teacher`` (a timm name or a
-    module) defaults to the arch's teacher (``RAPTOR_ARCHS``) or the model's ``raptor_meta['teacher']``. Also
+    module) defaults to the arch's teacher (``REGISTERED_RAPTOR_ARCHS``) or the model's ``raptor_meta['teacher']``. Also
     reports the same Raptor with the paper's SwiGLU blocks, the cost of depth scaling (``t_scale``) and of
     relaxation (per-step low-rank adapters, ``relax_rank`` > 0; zero for a pure Raptor). A module is rebuilt on the meta device from its ``model_args`` (its architecture, not its weights, is counted).
     """
     import timm
 
-    from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer
+    from .models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
+    from .models.raptor_vit import RaptorVisionTransformer
     if isinstance(arch_or_model, str):
-        if arch_or_model not in RAPTOR_ARCHS:
+        if arch_or_model not in known:
             raise ValueError(f'Unknown Raptor arch {arch_or_model!r}; registered: timm.list_models("raptor_*").')
         arch = arch_or_model
         model_args = {}
-        teacher = teacher if teacher is not None else RAPTOR_ARCHS[arch]['teacher']
+        teacher = teacher if teacher is not None else known[arch]['teacher']
     elif isinstance(arch_or_model, RaptorVisionTransformer):
         arch = getattr(arch_or_model, 'pretrained_cfg', {}).get('architecture') or type(arch_or_model).__name__
         model_args = dict(arch_or_model.model_args)
@@ -1086,17 +1087,23 @@ def _anytime_depth(args: argparse.Namespace) -> int:
     """Depth L of the teacher named by the flags (built on the meta device)."""
     import timm
 
-    from .models.raptor_vit import RAPTOR_ARCHS
-    teacher = args.teacher or RAPTOR_ARCHS[args.arch[0]]['teacher']
+    from .models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+    teacher = args.teacher or REGISTERED_RAPTOR_ARCHS[args.arch[0]]['teacher']
     with torch.device('meta'):
         return len(timm.create_model(teacher, pretrained=False, img_size=args.img_size).blocks)
 
 
 def _run_stem(settings: BenchSettings) -> str:
     """File stem of a run: throughput_<teacher>_k<k values>_<modes>_<dtypes>, so split runs do not collide."""
-    from .models.raptor_vit import RAPTOR_ARCHS
-    teacher = settings.teacher or RAPTOR_ARCHS[settings.arch[0]]['teacher']
-    ks = list(dict.fromkeys([*settings.k, *(RAPTOR_ARCHS[a]['k'] for a in settings.arch)]))
+    from .models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+    teacher = settings.teacher or REGISTERED_RAPTOR_ARCHS[settings.arch[0]]['teacher']
+
+    def label(arch: str) -> str:
+        spec = REGISTERED_RAPTOR_ARCHS[arch]
+        rank = spec['model_args'].get('relax_rank', 0)
+        return f"{spec['k']}" + (f"r{rank}" if rank else '')
+
+    ks = list(dict.fromkeys([*map(str, settings.k), *map(label, settings.arch)]))
     return f"throughput_{teacher}_k{'-'.join(map(str, ks))}_{'-'.join(settings.modes)}_{'-'.join(settings.dtypes)}"
 
 

@@ -252,3 +252,10 @@ def test_bench_command_end_to_end(tmp_path):
     raptor_rows = [r for r in payload['rows'] if r['role'] == 'raptor' and r['cell'] == 'main']
     assert [r['batch_size'] for r in raptor_rows] == [1, 2]
     assert all(r['img_per_sec_ratio'] > 0 and r['error'] is None for r in raptor_rows)
+
+
+def test_relaxed_arch_rows_count_the_adapters():
+    row = flops_row('raptor_vit_small_patch14_reg4_dinov2_k2_r4')
+    assert row['relax_rank'] == 4 and row['teacher'] == 'vit_small_patch14_reg4_dinov2'
+    assert row['relax_params'] == 16 * 4 * 384 * 12  # DESIGN.md §4: 16 r D per step, all four layers adapted
+    assert 0.005 < row['relax_flops_fraction'] < 0.02 and row['flops_ratio'] > 1.005

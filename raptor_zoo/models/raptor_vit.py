@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block, VisionTransformer, global_pool
 
 __all__ = [
     'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
-    'RELAXED_RAPTOR_ARCHS',
+    'RELAXED_RAPTOR_ARCHS', 'REGISTERED_RAPTOR_ARCHS',
     'PAPER_PHASE_BOUNDARIES',
     'cls_avg_pool', 'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
     'create_raptor_from_vit',
@@ -964,6 +964,7 @@ RELAXED_RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {
     f'{arch}_r4': dict(spec, base_arch=arch, model_args=dict(spec['model_args'], relax_rank=4))
     for arch, spec in RAPTOR_ARCHS.items() if spec['k'] == 2
 }
+REGISTERED_RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}
 
 default_cfgs = generate_default_cfgs({
     **{
@@ -972,7 +973,7 @@ default_cfgs = generate_default_cfgs({
             f"block_schedule: {spec['block_schedule']}",
             f"schedule_source: {spec['schedule_source']}",
         ) + ((f"relax_rank: {spec['model_args']['relax_rank']}",) if 'relax_rank' in spec['model_args'] else ()))
-        for arch, spec in {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}.items()
+        for arch, spec in REGISTERED_RAPTOR_ARCHS.items()
     },
     'raptor_vit': _cfg(),  # generic: every architecture argument comes from model_args
 })
@@ -1010,5 +1011,5 @@ def _make_entrypoint(arch: str, spec: Dict[str, Any]) -> None:
     globals()[arch] = register_model(entrypoint)
 
 
-for _arch, _spec in {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}.items():
+for _arch, _spec in REGISTERED_RAPTOR_ARCHS.items():
     _make_entrypoint(_arch, _spec)
