@@ -431,6 +431,7 @@ def summarise(teachers: list[dict], raptors: list[dict]) -> dict[str, Any]:
                     "raptor_accuracy": _stats([r["raptor_accuracy"] for r in group]),
                     "mean_cosine": _stats([r["mean_cosine"] for r in group]),
                     "cls_final_cosine": _stats([r["cosine"]["cls"][-1] for r in group]),
+                    "cosine_per_layer": np.mean([r["cosine"]["all"] for r in group], axis=0).tolist(),
                     "s_per_step": _stats([r["s_per_step"] for r in group])})
     targets = {}
     for k, target in ((2, 0.98), (3, 0.995)):
@@ -560,6 +561,32 @@ def plot_report(summary: dict[str, Any], teachers: list[dict], raptors: list[dic
     pure = [r for r in raptors if r["relax_rank"] == 0]
     rates = sorted({row["drop_path_rate"] for row in summary["teachers"]})
 
+    figure, axes = _figure(len(rates), width=3.6, height=3.4)
+    matrices = {rate: [np.asarray(t["distance"]) for t in teachers if t["drop_path_rate"] == rate] for rate in rates}
+    vmax = max(np.mean(group, axis=0).max() for group in matrices.values())  # one colour scale for all rates
+    for ax, rate in zip(axes, rates):
+        image = ax.imshow(np.mean(matrices[rate], axis=0), cmap="magma", vmin=0, vmax=vmax)
+        depth = matrices[rate][0].shape[0]
+        ax.set(title=f"drop path {rate:g} (mean of {len(matrices[rate])})", xlabel="layer", ylabel="layer",
+               xticks=range(0, depth, 2), xticklabels=range(1, depth + 1, 2), yticks=range(0, depth, 2),
+               yticklabels=range(1, depth + 1, 2))
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    figure.savefig(out_dir / "distance_matrices.png", dpi=120)
+    written.append("distance_matrices.png")
+
+    figure, axes = _figure(len(rates), width=4.2)
+    for ax, row in zip(axes, summary["anytime"]):
+        steps = np.arange(1, len(row["teacher"]) + 1)
+        ax.plot(steps, 100 * np.asarray(row["teacher"]), marker="o", color="black", label="teacher, truncated")
+        for name in (n for n in row if n.startswith("raptor_k")):
+            ax.plot(steps, 100 * np.asarray(row[name]), marker=".", label=f"Raptor k={name[8:]}, num_steps=m")
+        ax.set(xlabel="steps m", ylabel="held-out accuracy (%)", title=f"drop path {row['drop_path_rate']:g}", ylim=(0, 100))
+    axes[0].legend(loc="lower right")
+    figure.savefig(out_dir / "anytime.png", dpi=120)
+    written.append("anytime.png")
+    if not summary["raptors"]:
+        return written
+
     figure, (ax,) = _figure()
     for rate in rates:
         rows = [row for row in summary["raptors"] if row["drop_path_rate"] == rate]
@@ -605,28 +632,18 @@ def plot_report(summary: dict[str, Any], teachers: list[dict], raptors: list[dic
         figure.savefig(out_dir / "phase_metric_vs_fit.png", dpi=120)
         written.append("phase_metric_vs_fit.png")
 
-    figure, axes = _figure(len(rates), width=4.2)
-    for ax, row in zip(axes, summary["anytime"]):
-        steps = np.arange(1, len(row["teacher"]) + 1)
-        ax.plot(steps, 100 * np.asarray(row["teacher"]), marker="o", color="black", label="teacher, truncated")
-        for name in (n for n in row if n.startswith("raptor_k")):
-            ax.plot(steps, 100 * np.asarray(row[name]), marker=".", label=f"Raptor k={name[8:]}, num_steps=m")
-        ax.set(xlabel="steps m", ylabel="held-out accuracy (%)", title=f"drop path {row['drop_path_rate']:g}", ylim=(0, 100))
-    axes[0].legend(loc="lower right")
-    figure.savefig(out_dir / "anytime.png", dpi=120)
-    written.append("anytime.png")
 
-    figure, axes = _figure(len(rates), width=3.6, height=3.4)
-    for ax, rate in zip(axes, rates):
-        matrices = [np.asarray(t["distance"]) for t in teachers if t["drop_path_rate"] == rate]
-        image = ax.imshow(np.mean(matrices, axis=0), cmap="magma", vmin=0)
-        depth = matrices[0].shape[0]
-        ax.set(title=f"drop path {rate:g} (mean of {len(matrices)})", xlabel="layer", ylabel="layer",
-               xticks=range(0, depth, 2), xticklabels=range(1, depth + 1, 2), yticks=range(0, depth, 2),
-               yticklabels=range(1, depth + 1, 2))
-        figure.colorbar(image, ax=ax, shrink=0.8)
-    figure.savefig(out_dir / "distance_matrices.png", dpi=120)
-    written.append("distance_matrices.png")
+    ks = sorted({row["k"] for row in summary["raptors"]})
+    figure, axes = _figure(len(ks), width=4.2)
+    for ax, k in zip(axes, ks):
+        for row in (row for row in summary["raptors"] if row["k"] == k):
+            ax.plot(range(len(row["cosine_per_layer"])), row["cosine_per_layer"], marker=".",
+                    label=f"drop path {row['drop_path_rate']:g}")
+        ax.set(xlabel="layer", ylabel="cosine to the teacher's state (all tokens)", title=f"Raptor k={k}: per-layer fidelity")
+    axes[0].legend()
+    figure.savefig(out_dir / "fidelity_per_layer.png", dpi=120)
+    written.append("fidelity_per_layer.png")
+
 
     if summary["relaxation"]:
         figure, (ax,) = _figure()
