@@ -372,3 +372,26 @@ def test_push_folder_is_validated_before_the_network(saved, monkeypatch):
     with pytest.raises(ValueError, match="library_name is 'timm'"):
         hub.push_to_hub(saved, "org/name")
     assert seen["create_repo"] == []
+
+
+def test_relaxed_raptor_round_trips_through_every_loader(tmp_path, images, isolated_hf_hub, monkeypatch):
+    relaxed = _randomise(timm.create_model(ARCH, num_classes=5, relax_rank=2, relax_targets=("qkv", "fc2"), **TINY))
+    folder = hub.save_pretrained(relaxed, tmp_path / "relaxed", metrics=METRICS, repo_id="org/relaxed")
+    assert "Relaxation:** rank-2" in (folder / "README.md").read_text()
+    _cache_snapshot(isolated_hf_hub, "org/relaxed", folder)
+    monkeypatch.setattr(HfApi, "repo_exists", lambda self, repo_id, **kwargs: repo_id == "org/relaxed")
+    with torch.no_grad():
+        expected, logits = relaxed.forward_features(images), relaxed(images)
+        expected_map = relaxed.forward_intermediates(images, indices=[2], norm=True, intermediates_only=True)[0]
+        for source in (folder, "org/relaxed"):
+            ours = raptor_zoo.from_pretrained(source)
+            assert ours.relax_rank == 2 and torch.equal(ours.forward_features(images), expected)
+        for name in (f"local-dir:{folder}", "hf-hub:org/relaxed"):
+            assert torch.equal(timm.create_model(name, pretrained=True).eval()(images), logits)
+        hf_model = AutoModel.from_pretrained("org/relaxed")
+        assert hf_model.config.relax_rank == 2
+        assert torch.allclose(hf_model(images).last_hidden_state, expected, atol=1e-6)
+        classifier = AutoModelForImageClassification.from_pretrained(folder)
+        assert torch.allclose(classifier(images).logits, logits, atol=1e-6)
+        backbone = AutoBackbone.from_pretrained("org/relaxed", out_indices=[3])
+        assert torch.allclose(backbone(images).feature_maps[0], expected_map, atol=1e-6)
