@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument('--img-size', type=int, default=None,
                         help="teacher_img_size override, e.g. 56 for a ViT-S/14 on CPU (default: the config's)")
     parser.add_argument('--batch-size', type=int, default=None, help="batch size (default: the config's)")
+    parser.add_argument('--relax-rank', type=int, default=None,
+                        help="rank of per-step low-rank adapters (relaxed Raptor); default: the config's")
     parser.add_argument('--mixed-precision', choices=('no', 'bf16', 'fp16'), default=None,
                         help="student autocast (default: the config's on GPU, 'no' on CPU)")
     parser.add_argument('--stages', nargs='+', default=None,
@@ -270,6 +272,8 @@ def main(argv=None) -> int:
         overrides += ['--teacher-img-size', str(args.img_size)]
     if args.batch_size is not None:
         overrides += ['--batch-size', str(args.batch_size)]
+    if args.relax_rank is not None:
+        overrides += ['--relax-rank', str(args.relax_rank)]
     try:
         config = load_distill_config(Path(args.config), overrides)
     except (FileNotFoundError, ValueError) as error:
@@ -302,7 +306,8 @@ def main(argv=None) -> int:
         notes.append(f'phases not discovered (random-init teacher): block_schedule {schedule}, {source}')
     student = RaptorVisionTransformer.from_teacher(
         teacher, block_schedule=schedule, block_type=config.block_type, init=config.init, t_scale=config.t_scale,
-        drop_path_rate=config.drop_path_rate).to(device)
+        drop_path_rate=config.drop_path_rate, relax_rank=config.relax_rank, relax_init=config.relax_init,
+        relax_targets=config.relax_targets).to(device)
     if config.grad_checkpointing:
         student.set_grad_checkpointing(True)
     stages = stage_plan(
@@ -332,7 +337,7 @@ def main(argv=None) -> int:
     img_size = teacher.img_size[0]
     settings = {'config': str(args.config), 'teacher': config.teacher, 'img_size': img_size,
                 'batch_size': config.batch_size, 'block_schedule': list(schedule), 'block_type': config.block_type,
-                'schedule': config.schedule, 'mixed_precision': mixed_precision,
+                'relax_rank': config.relax_rank, 'schedule': config.schedule, 'mixed_precision': mixed_precision,
                 'teacher_precision': config.teacher_precision, 'grad_checkpointing': config.grad_checkpointing,
                 'warmup': warmup, 'rounds': rounds}
     notes += ['teacher and student random-initialised; synthetic normalised images already on the device; plain '
@@ -344,7 +349,8 @@ def main(argv=None) -> int:
               'applications / L), from single-model timings at the same batch in the same rounds; '
               'efficiency = bound / step']
     out = Path(args.out or RESULTS_DIR / f'{device_slug(device)}-{datetime.date.today():%Y%m%d}')
-    stem = f'distill_{config_path.stem}' + ('' if args.img_size is None else f'_{img_size}px')
+    stem = (f'distill_{config_path.stem}' + (f'_r{config.relax_rank}' if config.relax_rank else '')
+            + ('' if args.img_size is None else f'_{img_size}px'))
     payload_settings = dict(settings, distill_config=config_to_dict(config))
     json_path = write_json(rows, out / f'{stem}.json', environment, payload_settings, notes)
     report = markdown_report(rows, environment, settings, notes)
