@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""FLOPs and parameters of every registered Raptor architecture against its teacher (meta device, no weights).
+"""FLOPs and parameters of every registered Raptor architecture (relaxed ones included) against its teacher
+(meta device, no weights).
 
 Convention: FLOPs = 2 x multiply-accumulates, counted by torch.utils.flop_counter under the math SDPA backend
 (matmuls, convolutions and attention; element-wise ops such as norms, activations and the depth-scaling gains
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 import raptor_zoo
 from raptor_zoo.bench import FLOPS_CONVENTION, flops_row, write_json
-from raptor_zoo.models.raptor_vit import RAPTOR_ARCHS
+from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
@@ -31,8 +32,8 @@ def flops_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         '| arch | k | schedule | teacher GFLOPs | Raptor GFLOPs | FLOPs ratio | teacher params (M) | Raptor params (M) '
         '| params ratio | block params ratio | SwiGLU FLOPs ratio | SwiGLU params ratio | depth-scale MFLOPs (share) '
-        '| depth-scale params |',
-        '|' + '---|' * 14,
+        '| depth-scale params | relax r | relax params (share of blocks) | relax FLOPs share |',
+        '|' + '---|' * 17,
     ]
     for r in rows:
         lines.append('| ' + ' | '.join([
@@ -41,7 +42,9 @@ def flops_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['raptor_params'] / 1e6:.2f}", f"{r['params_ratio']:.3f}", f"{r['block_params_ratio']:.3f}",
             f"{r['swiglu_flops_ratio']:.3f}", f"{r['swiglu_params_ratio']:.3f}",
             f"{r['depth_scale_flops'] / 1e6:.2f} ({r['depth_scale_flops_fraction']:.1e})",
-            f"{r['depth_scale_params']:,}"]) + ' |')
+            f"{r['depth_scale_params']:,}", str(r['relax_rank']),
+            f"{r['relax_params']:,} ({r['relax_params_ratio']:.3f})" if r['relax_rank'] else '-',
+            f"{r['relax_flops_fraction']:.4f}" if r['relax_rank'] else '-']) + ' |')
     return '\n'.join(lines)
 
 
@@ -52,8 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument('--img-size', type=int, default=224, help='input resolution (default: 224)')
     parser.add_argument('--out', default=str(RESULTS_DIR), help=f'output folder (default: {RESULTS_DIR})')
     args = parser.parse_args(argv)
-    archs = args.arch or list(RAPTOR_ARCHS)
-    unknown = [a for a in archs if a not in RAPTOR_ARCHS]
+    archs = args.arch or list(REGISTERED_RAPTOR_ARCHS)
+    unknown = [a for a in archs if a not in REGISTERED_RAPTOR_ARCHS]
     if unknown:
         parser.error(f'unknown Raptor arch(s) {unknown}; choose from timm.list_models("raptor_*").')
     if args.img_size < 1:
@@ -68,7 +71,9 @@ def main(argv=None) -> int:
              'unique blocks (with their depth-scaling MLPs) against the L teacher blocks',
              'SwiGLU: the paper\'s block (SwiGLU MLP, hidden 4D, packed input projection 8D) instead of the '
              'teacher\'s; depth scale: FLOPs and params of the t_scale MLPs (the Raptor minus the same Raptor '
-             'built with t_scale=False)']
+             'built with t_scale=False)',
+             'relax: the *_r4 archs add rank-4 per-step adapters on qkv, proj, fc1 and fc2 (DESIGN.md §4); their '
+             'params (and share of the k blocks\' params) and FLOPs share over the same pure Raptor']
     out = Path(args.out)
     suffix = '' if args.img_size == 224 else f'_{args.img_size}px'
     json_path = write_json(rows, out / f'flops{suffix}.json', environment, settings, notes)

@@ -121,12 +121,14 @@ class Run:
 
 
 def study_runs(config: StudyConfig, depth: int = 12) -> list[Run]:
-    """Every run, in the order they are taken: teachers seed by seed, then Raptors, then relaxed Raptors."""
+    """Every run, in the order they are taken: teachers seed by seed, then Raptors, then relaxed Raptors
+    teacher rate by rate in --relax-rates order (ranks in --relax-ranks order), so a cut-short grid is whole
+    for the first rate."""
     ks = sorted({1, 2, 3, 4, depth}) if config.full else sorted(set(config.ks))
     teachers = [Run(rate, seed) for seed in config.seeds for rate in config.drop_path_rates]
     raptors = [Run(rate, seed, k) for seed in config.seeds for rate in config.drop_path_rates for k in ks]
-    relaxed = [Run(rate, seed, 2, rank) for rank in config.relax_ranks for seed in config.seeds
-               for rate in config.relax_rates]
+    relaxed = [Run(rate, seed, 2, rank) for rate in config.relax_rates for rank in config.relax_ranks
+               for seed in config.seeds]
     return teachers + raptors + relaxed
 
 
