@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
