@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from raptor_zoo.data import build_transform, load_image_dataset
 from raptor_zoo.distill.evaluate import raptor_trajectory
 from raptor_zoo.distill.recipe import DistillConfig, training_function
-from raptor_zoo.flops import count_flops, count_params
+from raptor_zoo.flops import count_flops, count_params, relaxation_overhead
 from raptor_zoo.hub import load_pretrained
 from raptor_zoo.phases import discover
 from raptor_zoo.teachers import load_teacher
@@ -271,7 +271,8 @@ def run_raptor(config: StudyConfig, run: Run) -> dict:
     teacher = load_teacher(str(teacher_dir))
     images, labels = held_out_images(distill_config.dataset, distill_config.eval_split, teacher.data_config)
     input_size = tuple(teacher.data_config["input_size"])
-    pure = _without_adapters(raptor)
+    params, flops = count_params(raptor), count_flops(raptor, input_size)
+    overhead = relaxation_overhead(raptor, input_size)  # zero for a pure Raptor
     training = metrics["training"]
     return {
         "name": run.name, "kind": "raptor", "drop_path_rate": run.rate, "seed": run.seed, "k": len(raptor.blocks),
@@ -280,24 +281,14 @@ def run_raptor(config: StudyConfig, run: Run) -> dict:
         "recovery": metrics["recovery"], "agreement": metrics["agreement"],
         "mean_cosine": metrics["mean_cosine"]["all"], "cosine": metrics["cosine"],
         "r2_paper_all_layers": metrics["r2_paper_all_layers"],
-        "params": count_params(raptor), "block_params": count_params(raptor.blocks),
-        "pure_params": count_params(pure), "flops": count_flops(raptor, input_size),
-        "pure_flops": count_flops(pure, input_size), "teacher_flops": count_flops(teacher.model, input_size),
+        "params": params, "block_params": count_params(raptor.blocks),
+        "pure_params": params - overhead["relax_params"], "flops": flops,
+        "pure_flops": flops - overhead["relax_flops"], "teacher_flops": count_flops(teacher.model, input_size),
         "steps": training["steps"], "train_time_s": training["train_time_s"],
         "s_per_step": training["train_time_s"] / max(training["steps"], 1),
         "threads": torch.get_num_threads(),
         "anytime_accuracy": raptor_anytime_accuracy(raptor, images, labels),
     }
-
-
-def _without_adapters(raptor):
-    """The same Raptor with its adapters dropped: the pure Raptor its overhead is measured against."""
-    if raptor.relax is None:
-        return raptor
-    args = {key: value for key, value in raptor.model_args.items() if key not in ("relax_rank", "relax_targets")}
-    pure = type(raptor)(**args)
-    pure.load_state_dict({key: value for key, value in raptor.state_dict().items() if not key.startswith("relax.")})
-    return pure.eval()
 
 
 def _repo_path(path: str) -> Path:

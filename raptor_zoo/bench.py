@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from timm.utils import check_batch_size_retry, decay_batch_step
 
-from .flops import count_flops, count_params
+from .flops import count_flops, count_params, relaxation_overhead
 
 __all__ = [
     'MODES', 'DTYPES', 'GPU_BATCH_SIZES', 'CPU_BATCH_SIZES', 'FLOPS_CONVENTION', 'MEMORY_KIND',
@@ -714,13 +714,11 @@ def flops_row(
     raptor = build()
     swiglu = build(block_type='swiglu')
     no_depth_scale = build(t_scale=False)
-    relax_rank = raptor.relax_rank
-    unrelaxed = build(relax_rank=0) if relax_rank else raptor
+    relaxation = relaxation_overhead(raptor, input_size)
     teacher_flops = count_flops(teacher_model, input_size)
     raptor_flops = count_flops(raptor, input_size)
     swiglu_flops = count_flops(swiglu, input_size)
     plain_flops = count_flops(no_depth_scale, input_size)
-    unrelaxed_flops = count_flops(unrelaxed, input_size) if relax_rank else raptor_flops
     teacher_params, raptor_params, swiglu_params = (count_params(m) for m in (teacher_model, raptor, swiglu))
     teacher_block_params, raptor_block_params = _block_params(teacher_model), _block_params(raptor)
     return {
@@ -746,11 +744,11 @@ def flops_row(
         'depth_scale_flops': raptor_flops - plain_flops,
         'depth_scale_flops_fraction': (raptor_flops - plain_flops) / raptor_flops,
         'depth_scale_params': raptor_params - count_params(no_depth_scale),
-        'relax_rank': relax_rank,
-        'relax_flops': raptor_flops - unrelaxed_flops,
-        'relax_flops_fraction': (raptor_flops - unrelaxed_flops) / raptor_flops,
-        'relax_params': raptor_params - count_params(unrelaxed),
-        'relax_params_ratio': (raptor_params - count_params(unrelaxed)) / raptor_block_params,
+        'relax_rank': relaxation['relax_rank'],
+        'relax_flops': relaxation['relax_flops'],
+        'relax_flops_fraction': relaxation['relax_flops'] / raptor_flops,
+        'relax_params': relaxation['relax_params'],
+        'relax_params_ratio': relaxation['relax_params'] / raptor_block_params,
         'flops_convention': FLOPS_CONVENTION,
     }
 
