@@ -275,7 +275,7 @@ def run_raptor(config: StudyConfig, run: Run) -> dict:
     overhead = relaxation_overhead(raptor, input_size)  # zero for a pure Raptor
     training = metrics["training"]
     return {
-        "name": run.name, "kind": "raptor", "drop_path_rate": run.rate, "seed": run.seed, "k": len(raptor.blocks),
+        "name": run.name, "kind": "raptor", "drop_path_rate": run.rate, "seed": run.seed, "k": raptor.num_unique_blocks,
         "relax_rank": run.relax_rank, "block_schedule": list(raptor.block_schedule),
         "teacher_accuracy": metrics["teacher_accuracy"], "raptor_accuracy": metrics["raptor_accuracy"],
         "recovery": metrics["recovery"], "agreement": metrics["agreement"],

@@ -3,6 +3,8 @@
 Importing the package registers the Raptor architectures (and the embedded digits teacher) in timm's registry.
 """
 from .models import *  # noqa: F401,F403  (registers timm entrypoints)
+from .models.raptor_base import RaptorMixin
+from .models.raptor_timm import raptor_from_teacher as from_teacher
 from .models.raptor_vit import RaptorVisionTransformer
 from .teachers import Teacher, load_teacher
 from .hub import load_pretrained as from_pretrained, push_to_hub, save_pretrained

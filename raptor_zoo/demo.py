@@ -38,7 +38,7 @@ def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 150, seed: 
     raptor = load_pretrained(out_dir)
     input_size = tuple(teacher.data_config['input_size'])
     overhead = relaxation_overhead(raptor, input_size)
-    blocks = f"{len(raptor.blocks)} x {tuple(raptor.block_schedule)}"
+    blocks = f"{raptor.num_unique_blocks} x {tuple(raptor.block_schedule)}"
     if relax_rank:
         blocks += f" + rank-{relax_rank} adapters"
     rows = [
@@ -46,7 +46,7 @@ def run_demo(out_dir: str = 'demo_out', k: int = 2, max_steps: int = 150, seed: 
              params=count_params(teacher.model), block_params=count_params(teacher.blocks),
              flops=count_flops(teacher.model, input_size), accuracy=result['teacher_accuracy'],
              accuracy_ratio=1.0, mean_cosine=1.0),
-        dict(model=f'Raptor k={len(raptor.blocks)}', blocks=blocks,
+        dict(model=f'Raptor k={raptor.num_unique_blocks}', blocks=blocks,
              params=count_params(raptor), block_params=count_params(raptor.blocks),
              flops=count_flops(raptor, input_size), accuracy=result['raptor_accuracy'],
              accuracy_ratio=result['recovery'], mean_cosine=result['mean_cosine']['all']),

@@ -425,11 +425,12 @@ def freeze_for_finetuning(model: nn.Module, freeze_blocks: int = 0, train_head_o
     so every application of a frozen block is frozen.
     """
     blocks = getattr(model, "blocks", None)
+    num_blocks = 0 if blocks is None else getattr(model, "num_unique_blocks", len(blocks))
     if freeze_blocks < 0:
         raise ValueError(f"--freeze-blocks must be >= 0, got {freeze_blocks}.")
-    if freeze_blocks and (blocks is None or freeze_blocks > len(blocks)):
-        found = "no blocks" if blocks is None else f"{len(blocks)} (unique) blocks"
-        raise ValueError(f"--freeze-blocks {freeze_blocks} exceeds the model's {found}; use 0..{len(blocks or [])}.")
+    if freeze_blocks and (blocks is None or freeze_blocks > num_blocks):
+        found = "no blocks" if blocks is None else f"{num_blocks} (unique) blocks"
+        raise ValueError(f"--freeze-blocks {freeze_blocks} exceeds the model's {found}; use 0..{num_blocks}.")
     if train_head_only:
         model.requires_grad_(False)
         model.get_classifier().requires_grad_(True)

@@ -36,6 +36,8 @@ from timm.layers import LayerNorm, Mlp, SwiGLUPacked
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from .models.families import FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, patch_size_of
+from .models.raptor_base import RaptorMixin
 from .models.raptor_vit import cls_avg_pool
 
 __all__ = [
@@ -67,7 +69,8 @@ _DINOV2_CROP_PCT = 0.875  # 224 / 256
 _ACCEPTED = (
     "a timm ViT name (e.g. 'vit_small_patch14_reg4_dinov2'), an 'hf-hub:org/name' or 'local-dir:/path' timm id, "
     f"an embedded teacher ({', '.join(repr(n) for n in EMBEDDED_TEACHERS)}), a folder or Hub repo id holding a "
-    f"transformers model of type {', '.join(HF_VIT_MODEL_TYPES)}, a timm VisionTransformer module, "
+    f"transformers model of type {', '.join(HF_VIT_MODEL_TYPES)}, a timm ViT module of a supported family (vit, "
+    "deit, eva: EVA-02 / DINOv3 / PE, beit, relpos, sam, naflexvit, xcit, cait), "
     "a transformers Dinov2/Dinov2WithRegisters/ViT module, or a Teacher"
 )
 # transformers `hidden_act` -> timm activation name computing the same function
@@ -139,20 +142,27 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+class _StopForward(Exception):
+    """Ends a teacher forward once the last requested state is recorded."""
+
+
 class Teacher(nn.Module):
-    """A frozen timm ViT (timm ``Block`` layout) with a uniform trajectory interface.
+    """A frozen timm ViT of any supported family with a uniform trajectory interface.
 
     Always in eval mode with ``requires_grad=False`` on every parameter. ``trajectory`` returns the
-    L + 1 token states ``x_0..x_L``: state 0 is the embedding output (what timm's ``forward_features``
-    feeds to the first block), state l the raw output of block l, before the final norm. Tokens are laid
-    out as timm does: class token (if any), then registers, then patches in row-major order.
+    L + 1 token states ``x_0..x_L``: state 0 is the embedding output (what the family's ``forward_features``
+    feeds to the first block), state l the raw output of block l, before the final norm — recorded on the
+    family's own forward, so RoPE, relative-position biases and masks are the family's. Tokens are laid
+    out as timm does: class token (if any), then registers, then patches in row-major order (CaiT and XCiT
+    add their class token after the block stack, so their states hold patches only; SAM's [B, H, W, D]
+    states are flattened to tokens).
     """
 
-    model: VisionTransformer
+    model: nn.Module
 
     def __init__(
             self,
-            model: VisionTransformer,
+            model: nn.Module,
             *,
             name: str | None = None,
             source: str = "module",
@@ -160,7 +170,7 @@ class Teacher(nn.Module):
             img_size: int | tuple[int, int] | None = None,
             data_config: Mapping[str, Any] | None = None,
     ) -> None:
-        """Wrap ``model`` (validated: a timm VisionTransformer with plain timm ``Block`` s).
+        """Wrap ``model`` (validated: a timm ViT of a family in ``raptor_zoo.models.families``).
 
         Args:
             model: the timm ViT; it is put in eval mode and frozen in place.
@@ -176,15 +186,16 @@ class Teacher(nn.Module):
         _check_timm_vit(model)
         if source not in _TEACHER_SOURCES:
             raise ValueError(f"source must be one of {_TEACHER_SOURCES}; got {source!r}.")
-        native_size = tuple(model.patch_embed.img_size)
+        self.family = family_of(model)
+        native_size = native_img_size(model)
         run_size = native_size if img_size is None else _pair(img_size)
-        if run_size != native_size and not model.dynamic_img_size:
+        if run_size != native_size and not accepts_any_img_size(model):
             raise ValueError(
                 f"{type(model).__name__} runs at fixed size {native_size} but img_size={run_size} was asked; "
                 "create it with dynamic_img_size=True (timm.create_model(..., dynamic_img_size=True)) or with "
                 f"img_size={run_size}."
             )
-        patch_size = tuple(model.patch_embed.patch_size)
+        patch_size = patch_size_of(model)
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"Only square patches are supported; the model has patch_size={patch_size}.")
 
@@ -193,19 +204,20 @@ class Teacher(nn.Module):
         self.revision = revision
         self.source = source
         self.depth = len(model.blocks)
-        self.embed_dim = model.embed_dim
-        self.num_heads = model.blocks[0].attn.num_heads
+        self.embed_dim = int(getattr(model, "embed_dim", None) or model.num_features)
+        self.num_heads = getattr(getattr(model.blocks[0], "attn", None), "num_heads", None)
         self.patch_size = patch_size[0]
         self.img_size = run_size
-        self.num_prefix_tokens = model.num_prefix_tokens
-        self.num_reg_tokens = model.num_reg_tokens
-        self.has_class_token = model.has_class_token
+        layout = self.family.token_layout(model)
+        self.num_prefix_tokens = layout.num_prefix_tokens
+        self.num_reg_tokens = layout.num_reg_tokens
+        self.has_class_token = layout.has_class_token
         if data_config is None:
             data_config = self._default_data_config()
         self.data_config = dict(data_config)
 
     def _default_data_config(self) -> dict[str, Any]:
-        in_chans = self.model.patch_embed.proj.in_channels
+        in_chans = in_chans_of(self.model)
         arch = getattr(self.model, "pretrained_cfg", {}).get("architecture")
         if _is_dinov2_name(arch) or _is_dinov2_name(self.name):
             return _dinov2_data_config(in_chans, self.img_size)
@@ -215,7 +227,7 @@ class Teacher(nn.Module):
 
     @property
     def blocks(self) -> nn.Sequential | nn.ModuleList:
-        """The L teacher blocks (timm ``Block`` layout), ``self.model.blocks``."""
+        """The L teacher blocks, ``self.model.blocks``."""
         return self.model.blocks
 
     @property
@@ -233,12 +245,8 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """x_0 ``[B, N, D]``: patch_embed -> _pos_embed -> patch_drop -> norm_pre, as timm's forward_features."""
-        _check_images(images)
-        x = self.model.patch_embed(images)
-        x = self.model._pos_embed(x)
-        x = self.model.patch_drop(x)
-        return self.model.norm_pre(x)
+        """x_0 ``[B, N, D]``: what the family's forward_features feeds to its first block."""
+        return self.trajectory(images, layers=[0])[:, 0]
 
     def resolve_layers(self, layers: Sequence[int] | None = None) -> list[int]:
         """Layer indices in 0..L (negative counts from the end, -1 = L); ``None`` = all L + 1."""
@@ -277,19 +285,59 @@ class Teacher(nn.Module):
         for position, layer in enumerate(layer_ids):
             slots.setdefault(layer, []).append(position)
 
-        x = self.embed(images)
-        states = x.new_empty((x.shape[0], len(layer_ids), *x.shape[1:]))
-        for position in slots.get(0, ()):
-            states[:, position] = x
-        for layer, block in enumerate(self.blocks[:max(layer_ids)], start=1):
-            x = block(x)
-            for position in slots.get(layer, ()):
-                states[:, position] = x
-        return states
+        _check_images(images)
+        states, dtype = self._record_states(images, set(layer_ids))
+        return torch.stack([states[layer].to(dtype) for layer in layer_ids], dim=1)
+
+    def _record_states(self, images: torch.Tensor, layers: set[int]) -> tuple[dict[int, torch.Tensor], torch.dtype]:
+        """States ``{l: [B, N, D]}`` for ``layers`` and the embeddings' dtype, recorded by hooks on the blocks while
+        the family's own forward_features runs; it stops after the last one needed."""
+        last = max(layers)
+        states: dict[int, torch.Tensor] = {}
+        embed_dtype: list[torch.dtype] = []
+        to_tokens = self.family.to_tokens
+
+        def record_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs["x"]
+            embed_dtype.append(x.dtype)
+            if 0 in layers:
+                states[0] = to_tokens(x)
+            if last == 0:
+                raise _StopForward
+
+        def record_output(layer: int) -> Any:
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+                if layer in layers:
+                    states[layer] = to_tokens(output)
+                if layer == last:
+                    raise _StopForward
+            return hook
+
+        handles = [self.blocks[0].register_forward_pre_hook(record_input, with_kwargs=True)]
+        for layer in range(1, last + 1):
+            handles.append(self.blocks[layer - 1].register_forward_hook(record_output(layer), with_kwargs=True))
+        try:
+            self.model.forward_features(images)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = sorted(layers - set(states))
+        if missing:
+            raise RuntimeError(f"{type(self.model).__name__}.forward_features did not produce states {missing}.")
+        return states, embed_dtype[0]
 
     def forward_head_from_state(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits from state x_L: the final norm, then the teacher's own pooling and head."""
-        return self.model.forward_head(self.model.norm(x))
+        """Logits from state x_L: the family's finish (final norm; class attention / neck), then its head."""
+        return self.model.forward_head(self.finish(x))
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """forward_features output from a block state x_l (``[B, N, D]`` tokens)."""
+        if self.family.nhwc_states and x.ndim == 3:
+            grid = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+            x = self.family.to_state(x, grid)
+        return self.family.finish(self.model, x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's own logits (its features when it has no classifier)."""
@@ -311,26 +359,19 @@ def _check_images(images: torch.Tensor) -> None:
 
 
 def _check_timm_vit(model: nn.Module, label: str | None = None) -> None:
-    """Raise unless ``model`` is a timm VisionTransformer whose blocks are plain timm ``Block`` s."""
+    """Raise unless ``model`` is a timm model of a supported ViT family (models/families.py) with blocks."""
     label = label or type(model).__name__
-    if not isinstance(model, VisionTransformer):
+    if isinstance(model, RaptorMixin):
+        raise TypeError(f"{label} is a Raptor; a teacher is the ViT a Raptor is distilled from.")
+    if family_of(model) is None:
         raise TypeError(
-            f"A teacher must be a timm VisionTransformer (timm.models.vision_transformer); got "
+            f"A teacher must be a timm ViT of a supported family ({', '.join(f.name for f in FAMILIES)}); got "
             f"{type(model).__module__}.{type(model).__name__}. Accepted: {_ACCEPTED}."
         )
-    for method in ("forward_features", "forward_intermediates"):
-        if getattr(type(model), method) is not getattr(VisionTransformer, method):
-            raise TypeError(
-                f"{label} ({type(model).__name__}) overrides VisionTransformer.{method}, so its block loop may "
-                "differ from the trajectory raptor_zoo computes (embed, then each block in turn); use a plain timm ViT."
-            )
-    block_types = sorted({type(block).__name__ for block in model.blocks if type(block) is not Block})
-    if block_types:
-        raise TypeError(
-            f"Teacher blocks must be plain timm Block (pre-norm attention + MLP with optional LayerScale); "
-            f"{label} has {', '.join(block_types)} blocks."
-        )
-    if len(model.blocks) == 0:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise TypeError(f"{label} keeps no block stack in `.blocks` (got {type(blocks).__name__}).")
+    if len(blocks) == 0:
         raise ValueError(f"{label} has no blocks; a teacher needs depth >= 1.")
 
 
@@ -620,11 +661,6 @@ def _check_timm_name(name: str, kwargs: Mapping[str, Any]) -> None:
     """Raise unless timm name builds a teacher-compatible ViT; checked on the meta device (no memory, no weights)."""
     with torch.device("meta"):
         probe = timm.create_model(name, pretrained=False, **kwargs)
-    if not isinstance(probe, VisionTransformer):
-        raise TypeError(
-            f"timm model {name!r} is a {type(probe).__name__}, not a VisionTransformer; a teacher must be "
-            f"{_ACCEPTED}."
-        )
     _check_timm_vit(probe, label=f"timm model {name!r}")
 
 
@@ -854,7 +890,7 @@ def load_teacher(
             return _teacher_from_hf_module(
                 source, name=type(source).__name__, source="module", revision=revision, img_size=img_size,
             )
-        if getattr(source, "config", None) is not None and not isinstance(source, VisionTransformer):
+        if getattr(source, "config", None) is not None and family_of(source) is None:
             model_type = getattr(source.config, "model_type", None)
             raise TypeError(
                 f"{type(source).__name__} (transformers model_type {model_type!r}) is not a supported ViT; "

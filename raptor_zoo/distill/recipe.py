@@ -335,13 +335,13 @@ def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig
             raise ValueError(f"--init-from {config.init_from} does not match this student (block_schedule "
                              f"{tuple(student.block_schedule)}): missing {missing}, unexpected {unexpected}.")
     if config.init_blocks_from is not None:
-        if len(config.init_blocks_from) != len(student.blocks):
-            raise ValueError(f"--init-blocks-from needs one folder per block ({len(student.blocks)}), "
+        if len(config.init_blocks_from) != student.num_unique_blocks:
+            raise ValueError(f"--init-blocks-from needs one folder per block ({student.num_unique_blocks}), "
                              f"got {len(config.init_blocks_from)}.")
         for j, folder in enumerate(config.init_blocks_from):
             prefix = f"blocks.{j}."
             block_state = {key[len(prefix):]: value for key, value in weights(folder).items() if key.startswith(prefix)}
-            student.blocks[j].load_state_dict(block_state, strict=True)
+            student.unique_blocks[j].load_state_dict(block_state, strict=True)
         loaded_pure = student.relax is not None
     if loaded_pure and config.relax_init == "svd":
         student.init_adapters_from_teacher(teacher.blocks)

@@ -43,8 +43,12 @@ OBJECTIVES = ("tf_ar", "ar", "tf")
 TEACHER_PRECISIONS = ("fp32", "bf16")
 
 # parameters of a timm ViT that a Raptor copies from its teacher and distillation keeps frozen by default
-EMBEDDING_PARAMETER_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre.")
-HEAD_PARAMETER_PREFIXES = ("norm.", "fc_norm.", "head.", "attn_pool.")
+EMBEDDING_PARAMETER_PREFIXES = (
+    "patch_embed.", "embeds.", "cls_token", "reg_token", "pos_embed", "norm_pre.", "rope.", "rel_pos_bias.",
+    "shared_rel_pos.")
+# final norm and head, and the parts of a family that run after the block stack (CaiT / XCiT class attention, SAM's neck)
+HEAD_PARAMETER_PREFIXES = (
+    "norm.", "fc_norm.", "head.", "attn_pool.", "blocks_token_only.", "cls_attn_blocks.", "neck.")
 
 
 def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> Optional[int]:
@@ -71,7 +75,7 @@ def freeze_for_distillation(
     ``train_adapters_only`` they are all that trains (the shared blocks of a trained pure Raptor stay fixed).
     Other student parameters (not in a block) train only when every block does.
     """
-    num_blocks = len(student.blocks)
+    num_blocks = student.num_unique_blocks
     trainable = set(range(num_blocks)) if trainable_blocks is None else {int(j) for j in trainable_blocks}
     bad = sorted(j for j in trainable if not 0 <= j < num_blocks)
     if bad:
@@ -171,7 +175,7 @@ class TrajectoryDistillationTask(nn.Module):
             raise ValueError(
                 f"The student runs {student.depth} steps (block_schedule {tuple(student.block_schedule)}) but the "
                 f"teacher has depth {teacher.depth}; the schedule must sum to the teacher depth.")
-        num_blocks = len(student.blocks)
+        num_blocks = student.num_unique_blocks
         if stage == "phase":
             if phase_index is None or not 0 <= int(phase_index) < num_blocks:
                 raise ValueError(

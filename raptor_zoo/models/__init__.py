@@ -1,6 +1,8 @@
 """Model definitions; importing this module registers them with timm."""
 from .digits_vit import *  # noqa: F401,F403
 from .raptor_vit import *  # noqa: F401,F403
+from .raptor_timm import *  # noqa: F401,F403
+from .raptor_base import RaptorMixin
 from .configuration_raptor import RaptorConfig
 from .modeling_raptor import (
     RaptorBackbone, RaptorForImageClassification, RaptorModel, RaptorPreTrainedModel, register_raptor_auto_classes)

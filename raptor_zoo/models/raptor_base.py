@@ -1,0 +1,364 @@
+""" What every Raptor shares, whatever its family: the recurrent stack, step loop, schedule and teacher init
+
+`make_recurrent` turns a model of any supported timm family (its blocks chosen) into a Raptor in place;
+`RaptorMixin` gives the family class the Raptor surface: `block_schedule`, `phase_boundaries`,
+`step_block_indices`, `forward_steps`, anytime `num_steps`, `from_teacher`-time initialisation of the shared
+blocks and of the relaxation adapters. The family's own forward code runs unchanged on the `RecurrentBlocks`.
+"""
+import contextlib
+import math
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+from timm.layers import calculate_drop_path_rates
+
+from .families import (
+    FamilyAdapter, TokenLayout, family_of, in_chans_of, native_img_size, patch_size_of, relax_layers, residual_branches)
+from .recurrent import (
+    RELAX_TARGETS, CapturedBlockInputs, DepthScale, RecurrentBlocks, StepAdapters, StepContext, StepDropPath,
+    StepLinear, StepView)
+
+__all__ = [
+    'RaptorMixin', 'make_recurrent', 'validate_block_schedule', 'even_block_schedule', 'check_relax_args',
+    'BlockType', 'InitMode', 'RelaxInit',
+]
+
+BlockType = Literal['teacher', 'swiglu']
+InitMode = Literal['middle', 'first', 'mean', 'random']
+RelaxInit = Literal['svd', 'zeros']
+
+
+def validate_block_schedule(block_schedule: Sequence[int], depth: Optional[int] = None) -> Tuple[int, ...]:
+    """Check a schedule of repeat counts (every entry >= 1, summing to `depth` when given) and return it as a tuple."""
+    try:
+        schedule = tuple(int(n) for n in block_schedule)
+    except (TypeError, ValueError):
+        raise ValueError(f'block_schedule must be a sequence of positive ints, got {block_schedule!r}.') from None
+    if not schedule or any(n < 1 for n in schedule):
+        raise ValueError(f'block_schedule must be a non-empty sequence of repeat counts >= 1, got {schedule}.')
+    if depth is not None and sum(schedule) != depth:
+        raise ValueError(
+            f'block_schedule {schedule} sums to {sum(schedule)} block applications but the teacher has depth '
+            f'{depth}; the repeat counts must sum to the teacher depth (e.g. {even_block_schedule(depth, len(schedule))}).')
+    return schedule
+
+
+def check_k(depth: int, k: int) -> None:
+    if not 1 <= k <= depth:
+        raise ValueError(f'k={k} unique blocks is out of range for a teacher of depth {depth}; use 1 <= k <= {depth}.')
+
+
+def even_block_schedule(depth: int, k: int) -> Tuple[int, ...]:
+    """Split `depth` applications over k blocks as evenly as possible (largest remainder, earlier phases longer)."""
+    check_k(depth, k)
+    base, extra = divmod(depth, k)
+    return tuple(base + (1 if j < extra else 0) for j in range(k))
+
+
+def check_relax_args(relax_rank: int, relax_targets: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(relax_rank, bool) or not isinstance(relax_rank, int) or relax_rank < 0:
+        raise ValueError(f'relax_rank must be an int >= 0 (0 = pure Raptor), got {relax_rank!r}.')
+    if isinstance(relax_targets, str):
+        raise TypeError(f'relax_targets must be a sequence of layer names, e.g. {RELAX_TARGETS}, not a string.')
+    targets = tuple(relax_targets)
+    unknown = [name for name in targets if name not in RELAX_TARGETS]
+    if unknown or not targets or len(set(targets)) != len(targets):
+        raise ValueError(
+            f'relax_targets must be a non-empty set of distinct names from {RELAX_TARGETS}, got {targets}.')
+    return tuple(name for name in RELAX_TARGETS if name in targets)  # canonical order
+
+
+def _require_family(model: nn.Module) -> FamilyAdapter:
+    family = family_of(model)
+    if family is None:
+        raise TypeError(
+            f'{type(model).__name__} is not a supported ViT family; raptor_zoo supports timm VisionTransformer '
+            '(vit, deit, hybrid, vitamin), Eva (EVA-02, EVA-CLIP, DINOv3, PE), Beit, VisionTransformerRelPos, '
+            'VisionTransformerSAM, NaFlexVit, Xcit and Cait models (see docs/teachers.md).')
+    return family
+
+
+def _embed_dim(model: nn.Module, block: nn.Module) -> int:
+    dim = getattr(model, 'embed_dim', None)
+    if isinstance(dim, int):
+        return dim
+    norm = getattr(block, 'norm1', None)
+    if norm is not None and hasattr(norm, 'normalized_shape'):
+        return int(norm.normalized_shape[0])
+    return int(model.num_features)
+
+
+def _prepare_shared_block(block: nn.Module, dim: int, t_scale: bool) -> None:
+    """Give a block its step context, StepDropPath slots on its residual branches and (t_scale) depth gates."""
+    context = StepContext()
+    block.step_context = context
+    branches = residual_branches(block)
+    for path, branch_ids in branches:
+        parent_path, _, name = path.rpartition('.')
+        parent = block.get_submodule(parent_path) if parent_path else block
+        setattr(parent, name, StepDropPath(context, branch_ids))
+    num_gains = max(b for _, ids in branches for b in ids) + 2
+    param = next(block.parameters())
+    block.depth_scale = DepthScale(dim, num_gains=num_gains, device=param.device, dtype=param.dtype) if t_scale else None
+
+
+def make_recurrent(
+        model: nn.Module,
+        blocks: Sequence[nn.Module],
+        block_schedule: Sequence[int],
+        t_scale: bool = True,
+        drop_path_rate: float = 0.,
+        relax_rank: int = 0,
+        relax_targets: Sequence[str] = RELAX_TARGETS,
+) -> None:
+    """Replace `model.blocks` by a RecurrentBlocks of `blocks` (shared, one per phase) on `block_schedule`, in place.
+
+    Each shared block gets StepDropPath slots and (t_scale) zero-initialised depth gates; drop path ramps over the
+    L steps; relax_rank > 0 adds `model.relax` (one StepAdapters per step, LoRA-initialised).
+    """
+    family = _require_family(model)
+    schedule = tuple(int(n) for n in block_schedule)
+    depth = sum(schedule)
+    dim = _embed_dim(model, blocks[0])
+    for block in blocks:
+        _prepare_shared_block(block, dim, t_scale)
+    container = RecurrentBlocks(blocks, schedule, calculate_drop_path_rates(drop_path_rate, depth))
+    model.blocks = container
+    model.relax = None
+    if relax_rank:
+        relax_targets = check_relax_args(relax_rank, relax_targets)
+        per_block_layers = []
+        for block in blocks:
+            layers = relax_layers(block, relax_targets)
+            for key, path in layers.items():
+                StepLinear.convert(block.get_submodule(path), block.step_context, key)
+            per_block_layers.append({key: block.get_submodule(path) for key, path in layers.items()})
+        param = next(blocks[0].parameters())
+        model.relax = nn.ModuleList([
+            StepAdapters(per_block_layers[j], relax_rank, device=param.device, dtype=param.dtype)
+            for j in container.step_block_indices])
+        container.__dict__['relax'] = model.relax
+    feature_info = getattr(model, 'feature_info', None)
+    if isinstance(feature_info, list) and feature_info and all('module' in info for info in feature_info):
+        template = dict(feature_info[0])
+        model.feature_info = [dict(template, module=f'blocks.{j}') for j in container.step_block_indices]
+    model.t_scale = t_scale
+    model.drop_path_rate = drop_path_rate
+    model.relax_rank = relax_rank
+    model.relax_targets = check_relax_args(relax_rank, relax_targets) if relax_rank else tuple(RELAX_TARGETS)
+    model.family_name = family.name
+
+
+class RaptorMixin:
+    """The Raptor surface on top of a family's model class whose `blocks` is a RecurrentBlocks."""
+    blocks: RecurrentBlocks
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def block_schedule(self) -> Tuple[int, ...]:
+        """Repeat count of each shared block (after pruning, possibly shorter than the teacher's)."""
+        return self.blocks.block_schedule
+
+    @property
+    def depth(self) -> int:
+        """L: block applications per forward."""
+        return self.blocks.depth
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        if value != self.blocks.depth:
+            raise AttributeError('a Raptor\'s depth is the sum of its block_schedule; prune or rebuild to change it.')
+
+    @property
+    def step_block_indices(self) -> List[int]:
+        """Index of the shared block applied at each of the L steps."""
+        return self.blocks.step_block_indices
+
+    @property
+    def step_drop_path(self) -> List[float]:
+        """Stochastic-depth rate of each of the L steps."""
+        return self.blocks.step_drop_path
+
+    @property
+    def unique_blocks(self) -> List[nn.Module]:
+        """The k shared blocks."""
+        return self.blocks.unique_blocks
+
+    @property
+    def num_unique_blocks(self) -> int:
+        """k."""
+        return len(self.blocks.unique_blocks)
+
+    @property
+    def phase_boundaries(self) -> Tuple[int, ...]:
+        """Cumulative phase ends (0, b_1, ..., L): phase j produces layers b_{j-1}+1 .. b_j."""
+        ends = [0]
+        for n in self.block_schedule:
+            ends.append(ends[-1] + n)
+        return tuple(ends)
+
+    @property
+    def family(self) -> FamilyAdapter:
+        return _require_family(self)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """Class / register tokens of the block stack's states."""
+        return self.family.token_layout(self)
+
+    # ------------------------------------------------------------------ steps
+
+    def _check_num_steps(self, num_steps: Optional[int]) -> int:
+        if not torch.jit.is_scripting():
+            if isinstance(num_steps, torch.fx.Proxy):
+                # symbolic tracing without concrete_args={'num_steps': m} traces the full L-step graph
+                return self.depth
+        if num_steps is None:
+            return self.depth
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= self.depth:
+            raise ValueError(f'num_steps={num_steps!r} is out of range; use 1 <= num_steps <= {self.depth}.')
+        return num_steps
+
+    @contextlib.contextmanager
+    def limit_steps(self, num_steps: Optional[int]) -> Iterator[None]:
+        """Within the block, the family's forward runs only the first `num_steps` steps (anytime inference)."""
+        stop = self._check_num_steps(num_steps)
+        previous = self.blocks.num_steps_limit
+        if num_steps is not None and stop < self.depth:
+            self.blocks.num_steps_limit = stop
+        try:
+            yield
+        finally:
+            self.blocks.num_steps_limit = previous
+
+    def forward_features(self, x: torch.Tensor, *args: Any, num_steps: Optional[int] = None, **kwargs: Any) -> Any:
+        """The family's forward_features; `num_steps` < L stops after that many block applications."""
+        with self.limit_steps(num_steps):
+            return super().forward_features(x, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor, *args: Any, num_steps: Optional[int] = None, **kwargs: Any) -> Any:
+        """The family's forward; `num_steps` < L stops early (anytime inference), then final norm and head."""
+        with self.limit_steps(num_steps):
+            return super().forward(x, *args, **kwargs)
+
+    def block_inputs(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[Tuple[Tuple[Any, ...], Dict[str, Any]]]]:
+        """x_0 and the extra arguments the family's forward passes at each step, read off the family's own
+        forward_features (the step views record instead of computing and stop it after the last step)."""
+        container = self.blocks
+        container.start_capture()
+        try:
+            self.forward_features(images)
+        except CapturedBlockInputs as captured:
+            return captured.state, captured.calls
+        finally:
+            container.stop_capture()
+        raise RuntimeError(f'{type(self).__name__}.forward_features did not call its blocks.')
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Image -> tokens x_0 [B, N, D], as the family's forward_features computes them before the blocks."""
+        return self.family.to_tokens(self.block_inputs(images)[0])
+
+    def _grid_size(self, num_tokens: int) -> Tuple[int, int]:
+        size, patch = native_img_size(self), patch_size_of(self)
+        grid = (size[0] // patch[0], size[1] // patch[1])
+        if grid[0] * grid[1] == num_tokens - self.token_layout.num_prefix_tokens:
+            return grid
+        side = math.isqrt(num_tokens - self.token_layout.num_prefix_tokens)
+        return side, side
+
+    def _step_calls(self, x: torch.Tensor) -> Optional[List[Tuple[Tuple[Any, ...], Dict[str, Any]]]]:
+        """The family's per-step block arguments for a state like x (RoPE, relative-position bias, grid), read
+        off its forward on a blank image of the matching size; None when its blocks take the state alone."""
+        if self.family.name in ('vit', 'cait', 'sam'):
+            return None
+        tokens = self.family.to_tokens(x)
+        grid = self._grid_size(tokens.shape[1])
+        patch = patch_size_of(self)
+        blank = tokens.new_zeros(1, in_chans_of(self), grid[0] * patch[0], grid[1] * patch[1])
+        with self.limit_steps(None):
+            return self.block_inputs(blank)[1]
+
+    def forward_steps(
+            self,
+            x: torch.Tensor,
+            start: int = 0,
+            stop: Optional[int] = None,
+            attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Run unrolled steps start..stop-1 (0-based; step s produces layer t = s + 1) on token state x_start.
+
+        x is [B, N, D] tokens (or the family's own state layout); the result has the same layout.
+        """
+        stop = self.depth if stop is None else stop
+        if not 0 <= start <= stop <= self.depth:
+            raise ValueError(f'steps {start}..{stop} are out of range for a Raptor of depth {self.depth}.')
+        family = self.family
+        as_tokens = family.nhwc_states and x.ndim == 3
+        state = family.to_state(x, self._grid_size(x.shape[1])) if as_tokens else x
+        calls = self._step_calls(x) if start < stop else None
+        for step in range(start, stop):
+            args, kwargs = calls[step] if calls is not None else ((), {})
+            if attn_mask is not None:
+                kwargs = dict(kwargs, attn_mask=attn_mask)
+            view = StepView(self.blocks, step)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                state = torch.utils.checkpoint.checkpoint(view, state, *args, use_reentrant=False, **kwargs)
+            else:
+                state = view(state, *args, **kwargs)
+        return family.to_tokens(state) if as_tokens else state
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """forward_features output from a final block state x_L (final norm; class attention / neck if any)."""
+        family = self.family
+        if family.nhwc_states and x.ndim == 3:
+            x = family.to_state(x, self._grid_size(x.shape[1]))
+        return family.finish(self, x)
+
+    def step_adapters(self, step: int) -> Optional[Dict[str, torch.Tensor]]:
+        """Adapter tensors of unrolled step `step` (0-based); None for a pure Raptor."""
+        return None if self.relax is None else self.relax[step]()
+
+    # ------------------------------------------------------------------ initialisation from a teacher
+
+    @torch.no_grad()
+    def init_adapters_from_teacher(self, teacher_blocks: Sequence[nn.Module]) -> None:
+        """Step l's adapters: rank-r truncated SVD of (teacher layer l's weight - its shared block's weight)."""
+        unique = self.unique_blocks
+        for step, (j, adapter) in enumerate(zip(self.step_block_indices, self.relax)):
+            layers = relax_layers(unique[j], self.relax_targets)
+            for key, path in layers.items():
+                shared = unique[j].get_submodule(path)._parameters['weight']
+                delta = teacher_blocks[step].get_submodule(path).weight.double() - shared.double()
+                u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+                root = s[:self.relax_rank].sqrt()
+                getattr(adapter, f'{key}_b').copy_(u[:, :self.relax_rank] * root)
+                getattr(adapter, f'{key}_a').copy_(root[:, None] * vh[:self.relax_rank])
+
+    @torch.no_grad()
+    def _init_block_from_layers(self, index: int, layers: List[nn.Module], init: InitMode) -> None:
+        """Initialise shared block `index` from the teacher layers of its phase."""
+        if init == 'first':
+            source = layers[0].state_dict()
+        elif init == 'middle':
+            source = layers[(len(layers) - 1) // 2].state_dict()
+        else:
+            states = [layer.state_dict() for layer in layers]
+            source = {key: torch.stack([state[key].float() for state in states]).mean(0).to(states[0][key].dtype)
+                      for key in states[0]}
+        missing, unexpected = self.unique_blocks[index].load_state_dict(source, strict=False)
+        if unexpected or any(not key.startswith('depth_scale.') for key in missing):
+            raise RuntimeError(
+                f'teacher block layout does not match the Raptor block: missing {missing}, unexpected {unexpected}')
+
+    def reset_raptor_parameters(self) -> None:
+        """Zero the depth gates' last layers and LoRA-initialise the adapters (after a family's weight init)."""
+        if not isinstance(self.blocks, RecurrentBlocks):  # the family's init runs before its blocks are shared
+            return
+        for block in self.unique_blocks:
+            if getattr(block, 'depth_scale', None) is not None:
+                block.depth_scale.reset_parameters()
+        for adapter in self.relax or []:
+            adapter.reset_parameters()
