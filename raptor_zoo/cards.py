@@ -233,15 +233,20 @@ def build_card_data(
 
 
 def _meta_raptor(config: RaptorConfig) -> torch.nn.Module:
-    from .models.raptor_vit import RaptorVisionTransformer
+    from .hub import build_raptor
 
     with torch.device("meta"):
-        return RaptorVisionTransformer(**config.timm_model_args())
+        return build_raptor(config)
 
 
 def _meta_teacher(config: RaptorConfig) -> torch.nn.Module | None:
     import timm
 
+    model_args = config.model_args or {}
+    if "teacher_arch" in model_args:  # a Raptor of another family names its teacher architecture exactly
+        with torch.device("meta"):
+            return timm.create_model(model_args["teacher_arch"], pretrained=False,
+                                     **dict(model_args.get("teacher_args") or {}, num_classes=config.num_labels))
     timm_name = _timm_teacher_name(config.teacher) if config.teacher else None
     if timm_name is None:
         return None

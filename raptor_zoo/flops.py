@@ -27,12 +27,17 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, ba
     param = next(model.parameters())
     x = torch.randn(batch_size, *input_size, device=param.device, dtype=param.dtype)
     was_training = model.training
-    model.eval()
+    # FlopCounterMode's module tracker asserts on module inputs made from parameters that require grad (CaiT's
+    # class token), even under no_grad: count with gradients off everywhere
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.eval().requires_grad_(False)
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(x, **forward_kwargs)
     finally:
         model.train(was_training)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad[name])
     return counter.get_total_flops()
 
 
@@ -56,8 +61,10 @@ def relaxation_overhead(raptor: nn.Module, input_size: Optional[Sequence[int]] =
     pure_args = {key: value for key, value in args.items() if key not in ('relax_rank', 'relax_targets')}
     if input_size is None:
         input_size = (raptor.pretrained_cfg or {}).get('input_size')
+    from .models.raptor_timm import raptor_from_model_args
+
     with torch.device('meta'):
-        relaxed, pure = type(raptor)(**args), type(raptor)(**pure_args)
+        relaxed, pure = raptor_from_model_args(args), raptor_from_model_args(pure_args)
     relaxed_flops, pure_flops = count_flops(relaxed, input_size), count_flops(pure, input_size)
     extra_params = count_params(relaxed) - count_params(pure)
     return {

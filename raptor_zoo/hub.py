@@ -54,6 +54,9 @@ from torch import nn
 
 from . import cards, zoo
 from .models.configuration_raptor import RaptorConfig
+from .models.families import in_chans_of, native_img_size
+from .models.raptor_base import RaptorMixin
+from .models.raptor_timm import RAPTOR_TIMM_ARCHS, raptor_from_model_args
 from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, checkpoint_filter_fn
 
 __all__ = [
@@ -81,6 +84,8 @@ PHASES_NAME = "phases.json"
 HEATMAP_NAME = "phase_heatmap.png"
 GENERIC_ARCHITECTURE = "raptor_vit"
 """timm architecture of Raptors that are not one of the registered variants (every argument in model_args)."""
+GENERIC_FAMILY_ARCHITECTURE = "raptor_timm"
+"""timm architecture of Raptors of the other families (teacher_arch, teacher_args, block_schedule in model_args)."""
 
 _PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _PROVENANCE_KEYS = ("teacher", "teacher_revision", "schedule_source", "phase_metric", "phase_boundaries")
@@ -94,12 +99,18 @@ def _library_version() -> str:
     return __version__
 
 
-def _core_and_config(model: nn.Module) -> tuple[RaptorVisionTransformer, RaptorConfig | None]:
+def _core_and_config(model: nn.Module) -> tuple[RaptorMixin, RaptorConfig | None]:
     """The timm Raptor inside ``model`` and, for a transformers Raptor, its config."""
-    if isinstance(model, RaptorVisionTransformer):
+    if isinstance(model, RaptorMixin):
+        if getattr(model, "model_args", None) is None:
+            raise ValueError(
+                f"This {type(model).__name__} cannot be described by config.json: its teacher module has no timm "
+                "architecture name (pretrained_cfg['architecture']) or was built with arguments raptor_zoo did not "
+                "see; load the teacher with raptor_zoo.load_teacher('<timm name>', **create_kwargs) so the "
+                "arguments are recorded, then call from_teacher again.")
         return model, None
     core = getattr(model, "raptor", None)
-    if isinstance(core, RaptorVisionTransformer) and isinstance(getattr(model, "config", None), RaptorConfig):
+    if isinstance(core, RaptorMixin) and isinstance(getattr(model, "config", None), RaptorConfig):
         return core, model.config
     raise TypeError(
         f"Expected a RaptorVisionTransformer (timm) or a transformers Raptor model, got {type(model).__name__}; "
@@ -146,8 +157,17 @@ def _source_cfg(model: RaptorVisionTransformer, hf_config: RaptorConfig | None) 
     return dict(getattr(model, "pretrained_cfg", None) or {})
 
 
-def _architecture_of(source_cfg: Mapping[str, Any]) -> str:
+def _is_family_raptor(model: nn.Module) -> bool:
+    """A Raptor described by its teacher architecture (model_args has teacher_arch), not by ViT arguments."""
+    return "teacher_arch" in (getattr(model, "model_args", None) or {})
+
+
+def _architecture_of(source_cfg: Mapping[str, Any], model: nn.Module) -> str:
     arch = source_cfg.get("architecture")
+    if _is_family_raptor(model):
+        spec = RAPTOR_TIMM_ARCHS.get(arch)
+        registered = spec is not None and spec["teacher"] == model.model_args["teacher_arch"]
+        return arch if registered else GENERIC_FAMILY_ARCHITECTURE
     return arch if arch in RAPTOR_ARCHS else GENERIC_ARCHITECTURE
 
 
@@ -169,10 +189,12 @@ def _timm_pretrained_cfg(
     cfg = filter_pretrained_cfg(cfg, remove_source=True, remove_null=True)
     for key in ("architecture", "notes", "label_names", "label_descriptions", "state_dict"):
         cfg.pop(key, None)
-    img_size = tuple(model.patch_embed.img_size)
+    img_size = native_img_size(model)
+    patch_embed = getattr(model, "patch_embed", None)
     cfg.update(
-        input_size=[model.patch_embed.proj.in_channels, *img_size],
-        fixed_input_size=bool(getattr(model.patch_embed, "strict_img_size", False) and not model.dynamic_img_size),
+        input_size=[in_chans_of(model), *img_size],
+        fixed_input_size=bool(getattr(patch_embed, "strict_img_size", False)
+                              and not getattr(model, "dynamic_img_size", False)),
         num_classes=model.num_classes,
         first_conv="patch_embed.proj",
         classifier="head",
@@ -200,7 +222,7 @@ def raptor_config(
                 **{key: getattr(hf_config, key) for key in _PROVENANCE_KEYS if getattr(hf_config, key) is not None},
                 **meta}
     source_cfg = _source_cfg(core, hf_config)
-    architecture = _architecture_of(source_cfg)
+    architecture = _architecture_of(source_cfg, core)
     if architecture in RAPTOR_ARCHS and _matches_registered(core, RAPTOR_ARCHS[architecture]):
         spec = RAPTOR_ARCHS[architecture]
         if tuple(core.block_schedule) == tuple(spec["block_schedule"]):
@@ -218,8 +240,12 @@ def raptor_config(
         meta["teacher_revision"] = teacher_revision
 
     model_args = dict(core.model_args)
-    model_args.update(
-        num_classes=core.num_classes, global_pool=core.global_pool, block_schedule=list(core.block_schedule))
+    if _is_family_raptor(core):
+        model_args["teacher_args"] = dict(model_args.get("teacher_args") or {}, num_classes=core.num_classes)
+        model_args.update(num_classes=core.num_classes, block_schedule=list(core.block_schedule))
+    else:
+        model_args.update(
+            num_classes=core.num_classes, global_pool=core.global_pool, block_schedule=list(core.block_schedule))
     model_args = _json_ready(model_args, "model.model_args")
     extra_meta = {key: value for key, value in meta.items()
                   if key not in (*_PROVENANCE_KEYS, "phases", "block_schedule") and value is not None}
@@ -229,9 +255,17 @@ def raptor_config(
         labels = dict(id2label=dict(enumerate(label_names)))
     elif hf_config is not None and hf_config.num_labels == core.num_classes:
         labels = dict(id2label=dict(hf_config.id2label))
+    family_fields: dict[str, Any] = {}
+    if _is_family_raptor(core):  # the transformers fields describe the shape; model_args rebuild it
+        attn = getattr(core.unique_blocks[0], "attn", None)
+        family_fields = dict(
+            hidden_size=int(getattr(core, "embed_dim", None) or core.num_features),
+            num_attention_heads=int(getattr(attn, "num_heads", 1)), image_size=list(native_img_size(core)),
+            num_channels=in_chans_of(core))
     return RaptorConfig(
         model_args=model_args,
         architecture=architecture,
+        **family_fields,
         pretrained_cfg=_timm_pretrained_cfg(core, architecture, source_cfg),
         architectures=["RaptorForImageClassification" if core.num_classes else "RaptorModel"],
         teacher=meta.get("teacher"),
@@ -264,9 +298,14 @@ def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tens
 def _check_reloads(config: RaptorConfig, state: Mapping[str, torch.Tensor]) -> None:
     """Fail before writing when config.json's model_args would not rebuild the saved tensors."""
     with torch.device("meta"):
-        rebuilt = RaptorVisionTransformer(**config.timm_model_args())
+        rebuilt = build_raptor(config)
     _compare_state(rebuilt.state_dict(), state, source="the model being saved", strict=True,
                    hint="its model_args do not rebuild it (was it pruned or resized in place?)")
+
+
+def build_raptor(config: RaptorConfig, **overrides: Any) -> RaptorMixin:
+    """The (randomly initialised) Raptor a config.json describes, as its timm architecture builds it."""
+    return raptor_from_model_args(dict(config.timm_model_args(), **overrides))
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -545,7 +584,7 @@ def load_pretrained(
         architecture, pretrained=False, pretrained_cfg_overlay=dict(config.pretrained_cfg or {}),
         **dict(saved_args, **model_kwargs))
     state = checkpoint_filter_fn(state, model)
-    head_changed = any(key in model_kwargs and model_kwargs[key] != saved_args[key]
+    head_changed = any(key in model_kwargs and model_kwargs[key] != saved_args.get(key)
                        for key in ("num_classes", "global_pool"))
     expected = model.state_dict()
     if head_changed:

@@ -365,8 +365,8 @@ def _check_timm_vit(model: nn.Module, label: str | None = None) -> None:
         raise TypeError(f"{label} is a Raptor; a teacher is the ViT a Raptor is distilled from.")
     if family_of(model) is None:
         raise TypeError(
-            f"A teacher must be a timm ViT of a supported family ({', '.join(f.name for f in FAMILIES)}); got "
-            f"{type(model).__module__}.{type(model).__name__}. Accepted: {_ACCEPTED}."
+            f"{label} is a {type(model).__name__} ({type(model).__module__}), not a timm ViT of a supported family "
+            f"({', '.join(f.name for f in FAMILIES)}); a teacher must be {_ACCEPTED}."
         )
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
@@ -713,6 +713,8 @@ def _create_timm_teacher(
         if pretrained:
             raise _weights_error(_timm_weights_id(name, revision), err) from err
         raise
+    # the architecture arguments, so that a Raptor of this teacher can be rebuilt from config.json
+    model.raptor_teacher_args = {k: v for k, v in create_kwargs.items() if k not in _TIMM_LOADING_KWARGS}
     return Teacher(model, name=teacher_name, source=source, revision=revision)
 
 

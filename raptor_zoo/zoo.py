@@ -1,6 +1,8 @@
 """The Raptor zoo: one table from zoo names to Hub repos, teachers, schedules and the recipe that builds each.
 
-Names (DESIGN.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, relaxed variants
+Names (DESIGN.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, the frontier teachers of other
+families (``raptor-dinov3-{small,small-plus,base,large,huge-plus,7b}-k{2,3,4}``, ``raptor-eva02-...``,
+``raptor-pe-core-...``, ``raptor-siglip-base-...``), relaxed variants
 ``...-r{R}`` (rank-R per-step adapters; parsed, derived from their base entry, never published yet), the alias
 ``raptor-dinov2-k2`` (the paper's model, ``raptor-dinov2-base-reg-k2``) and the embedded ``raptor-digits-k2``
 (package data, ``raptor_zoo/assets/raptor-digits-k2/``, loads offline).
@@ -69,6 +71,7 @@ class ZooEntry:
     teacher_hub_id: str | None = None
     license: str | None = None
     datasets: tuple[str, ...] = ()
+    recipe_args: tuple[str, ...] = ()
 
     def repo_id(self, org: str | None = None) -> str:
         """Hub repo id: ``<org>/<name>`` with org ``org``, else ``$RAPTOR_ZOO_HUB_ORG``, else ``raptor-zoo``."""
@@ -77,7 +80,7 @@ class ZooEntry:
     @property
     def recipe_command(self) -> str:
         """The command that distils this model locally."""
-        command = f"accelerate launch {DISTILL_RECIPE} --config {self.recipe_config}"
+        command = " ".join(["accelerate", "launch", DISTILL_RECIPE, "--config", self.recipe_config, *self.recipe_args])
         return command + (f" --relax-rank {self.relax_rank}" if self.relax_rank else "")
 
     @property
@@ -124,8 +127,57 @@ def _dinov2_entries() -> dict[str, ZooEntry]:
     return entries
 
 
+# frontier teachers of other families (models/raptor_timm.py): teacher arch -> (zoo stem, pretrained tag, license)
+_FRONTIER_NAMES: dict[str, tuple[str, str, str]] = {
+    "vit_small_patch16_dinov3": ("raptor-dinov3-small", "lvd1689m", "dinov3-license"),
+    "vit_small_plus_patch16_dinov3": ("raptor-dinov3-small-plus", "lvd1689m", "dinov3-license"),
+    "vit_base_patch16_dinov3": ("raptor-dinov3-base", "lvd1689m", "dinov3-license"),
+    "vit_large_patch16_dinov3": ("raptor-dinov3-large", "lvd1689m", "dinov3-license"),
+    "vit_huge_plus_patch16_dinov3": ("raptor-dinov3-huge-plus", "lvd1689m", "dinov3-license"),
+    "vit_7b_patch16_dinov3": ("raptor-dinov3-7b", "lvd1689m", "dinov3-license"),
+    "eva02_small_patch14_224": ("raptor-eva02-small", "mim_in22k", "mit"),
+    "eva02_base_patch14_224": ("raptor-eva02-base", "mim_in22k", "mit"),
+    "eva02_large_patch14_224": ("raptor-eva02-large", "mim_in22k", "mit"),
+    "vit_pe_core_small_patch16_384": ("raptor-pe-core-small", "fb", "apache-2.0"),
+    "vit_pe_core_base_patch16_224": ("raptor-pe-core-base", "fb", "apache-2.0"),
+    "vit_pe_core_large_patch14_336": ("raptor-pe-core-large", "fb", "apache-2.0"),
+    "vit_base_patch16_siglip_224": ("raptor-siglip-base", "v2_webli", "apache-2.0"),
+}
+# (teacher, k) with a config of their own; the others run the ViT-B config with teacher, size and schedule overridden
+_FRONTIER_CONFIGS = {("vit_small_patch16_dinov3", 2): "recipes/configs/dinov3_vits16_k2.yaml",
+                     ("vit_base_patch16_dinov3", 2): "recipes/configs/dinov3_vitb16_k2.yaml"}
+_FRONTIER_BASE_CONFIG = "recipes/configs/dinov3_vitb16_k2.yaml"
+
+
+def _frontier_entries() -> dict[str, ZooEntry]:
+    """DINOv3, EVA-02, Perception Encoder and SigLIP Raptors: the registered raptor_<teacher>_k{2,3,4} archs, built
+    with the DINOv3 recipe and the teacher, input size and schedule given on the command line."""
+    import timm
+
+    from .models.raptor_timm import RAPTOR_TIMM_ARCHS
+
+    entries = {}
+    for arch, spec in RAPTOR_TIMM_ARCHS.items():
+        stem, tag, license_id = _FRONTIER_NAMES[spec["teacher"]]
+        name = f"{stem}-k{spec['k']}"
+        teacher = f"{spec['teacher']}.{tag}"
+        config = _FRONTIER_CONFIGS.get((spec["teacher"], spec["k"]))
+        args: list[str] = []
+        if config is None:
+            config = _FRONTIER_BASE_CONFIG
+            size = timm.models.get_pretrained_cfg(teacher).input_size[-1]
+            args = ["--teacher", teacher, "--teacher-img-size", str(size), "--k", str(spec["k"]),
+                    "--block-schedule", *map(str, spec["block_schedule"]), "--output-dir", f"outputs/distill_{name}"]
+        entries[name] = ZooEntry(
+            name=name, teacher=teacher, k=spec["k"], recipe_config=config, recipe_args=tuple(args),
+            schedule_source=spec["schedule_source"], block_schedule=tuple(spec["block_schedule"]),
+            architecture=arch, teacher_hub_id=f"timm/{teacher}", license=license_id, datasets=("imagenet-1k",))
+    return entries
+
+
 ZOO: dict[str, ZooEntry] = {
     **_dinov2_entries(),
+    **_frontier_entries(),
     "raptor-digits-k2": ZooEntry(
         name="raptor-digits-k2",
         teacher="digits-vit",
@@ -162,7 +214,9 @@ def resolve(name: str) -> ZooEntry:
     raise ValueError(
         f"Unknown zoo model {name!r}." + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
         + " raptor_zoo.list_models() lists the zoo; names are raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}"
-        "[-r{R}], raptor-dinov2-k2 and raptor-digits-k2.")
+        "[-r{R}], raptor-dinov3-{small,small-plus,base,large,huge-plus,7b}-k{2,3,4}, raptor-eva02-{small,base,large}-"
+        "k{2,3,4}, raptor-pe-core-{small,base,large}-k{2,3,4}, raptor-siglip-base-k{2,3,4}, raptor-dinov2-k2 and "
+        "raptor-digits-k2.")
 
 
 def locate(entry: ZooEntry) -> tuple[str, str | Path]:

@@ -47,13 +47,13 @@ def test_k_equals_depth_reproduces_teacher_exactly(teacher_fixture, request):
 
 def test_blocks_initialised_from_phase_layers(timm_teacher):
     raptor = RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule=(7, 5), init='middle')
-    torch.testing.assert_close(raptor.blocks[0].attn.qkv.weight, timm_teacher.blocks[3].attn.qkv.weight)
-    torch.testing.assert_close(raptor.blocks[1].attn.qkv.weight, timm_teacher.blocks[9].attn.qkv.weight)
+    torch.testing.assert_close(raptor.unique_blocks[0].attn.qkv.weight, timm_teacher.blocks[3].attn.qkv.weight)
+    torch.testing.assert_close(raptor.unique_blocks[1].attn.qkv.weight, timm_teacher.blocks[9].attn.qkv.weight)
     first = RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule=(7, 5), init='first')
-    torch.testing.assert_close(first.blocks[1].mlp.fc1.weight, timm_teacher.blocks[7].mlp.fc1.weight)
+    torch.testing.assert_close(first.unique_blocks[1].mlp.fc1.weight, timm_teacher.blocks[7].mlp.fc1.weight)
     mean = RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule=(7, 5), init='mean')
     expected = torch.stack([timm_teacher.blocks[i].mlp.fc2.bias for i in range(7, 12)]).mean(0)
-    torch.testing.assert_close(mean.blocks[1].mlp.fc2.bias, expected)
+    torch.testing.assert_close(mean.unique_blocks[1].mlp.fc2.bias, expected)
     torch.testing.assert_close(raptor.pos_embed, timm_teacher.model.pos_embed)
     torch.testing.assert_close(raptor.reg_token, timm_teacher.model.reg_token)
     torch.testing.assert_close(raptor.norm.weight, timm_teacher.model.norm.weight)

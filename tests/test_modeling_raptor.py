@@ -117,7 +117,7 @@ def test_model_is_small_and_metadata():
         assert model.base_model_prefix == "raptor" and isinstance(model.base_model, RaptorVisionTransformer)
         assert model.main_input_name == "pixel_values"
         assert list(inspect.signature(model.forward).parameters)[0] == "pixel_values"
-        assert len(model.raptor.blocks) == config.k <= 2
+        assert model.raptor.num_unique_blocks == config.k <= 2
 
 
 def test_hidden_states_follow_dinov2_conventions():

@@ -10,6 +10,7 @@ from timm.models._features_fx import create_feature_extractor, get_graph_node_na
 
 import raptor_zoo  # noqa: F401  (registers the architectures)
 from raptor_zoo.flops import count_flops, count_params
+from raptor_zoo.models.raptor_timm import RAPTOR_TIMM_ARCHS
 from raptor_zoo.models.raptor_vit import (
     RAPTOR_ARCHS, RELAXED_RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit, even_block_schedule, scaled_paper_schedule,
     validate_block_schedule)
@@ -33,8 +34,10 @@ def _create(name: str, **kwargs) -> RaptorVisionTransformer:
 def test_registry_lists_every_teacher_and_k():
     archs = set(timm.list_models('raptor_*'))
     assert len(RAPTOR_ARCHS) == 24
-    # plus the rank-4 relaxed k = 2 variants and the generic arch that config.json model_args build
-    assert archs == set(RAPTOR_ARCHS) | set(RELAXED_RAPTOR_ARCHS) | {'raptor_vit'}
+    # plus the rank-4 relaxed k = 2 variants, the frontier teachers of other families, and the generic archs that
+    # config.json model_args build
+    assert archs == (set(RAPTOR_ARCHS) | set(RELAXED_RAPTOR_ARCHS) | set(RAPTOR_TIMM_ARCHS)
+                     | {'raptor_vit', 'raptor_timm'})
     assert len(RELAXED_RAPTOR_ARCHS) == 8 and all(a.endswith('_k2_r4') for a in RELAXED_RAPTOR_ARCHS)
     assert timm.list_pretrained('raptor_*') == []  # nothing published yet: no cfg names a weight source
     with pytest.raises(RuntimeError, match='No pretrained weights exist'):
@@ -43,7 +46,7 @@ def test_registry_lists_every_teacher_and_k():
 
 def test_acceptance_command_shape():
     m = timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2')
-    assert len(m.blocks) == 2 and sum(m.block_schedule) == 12
+    assert m.num_unique_blocks == 2 and len(m.blocks) == sum(m.block_schedule) == 12
     assert m(torch.randn(1, 3, 224, 224)).shape == (1, m.num_features)
 
 
@@ -135,17 +138,19 @@ def test_prune_shortens_schedule_not_blocks():
     full = model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
     kept = model.prune_intermediate_layers(indices=[3])
     assert kept == [3]
-    assert model.block_schedule == (4, 0) and model.depth == 4 and len(model.blocks) == 2
+    assert model.block_schedule == (4, 0) and model.depth == 4 and len(model.blocks) == 4 and model.num_unique_blocks == 2
     torch.testing.assert_close(model.forward_intermediates(x, indices=[3], intermediates_only=True)[0], full)
 
 
 @pytest.mark.parametrize('name', FULL_CONTRACT[:2])
-def test_model_forward_torchscript(name):
+def test_model_torch_export(name):
+    """torch.export (the graph capture ONNX and deployment build on; TorchScript's step views are Python callables)."""
     model = _create(name, num_classes=4).eval()
-    scripted = torch.jit.script(model)
     x = torch.randn(2, 3, IMG, IMG)
-    torch.testing.assert_close(scripted(x), model(x))
-    torch.testing.assert_close(scripted(x, num_steps=5), model(x, num_steps=5))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x))
+        anytime = torch.export.export(model, (x,), kwargs={'num_steps': 5}).module()
+        torch.testing.assert_close(anytime(x, num_steps=5), model(x, num_steps=5))
 
 
 @pytest.mark.parametrize('name', FULL_CONTRACT[:2])
@@ -161,7 +166,7 @@ def test_model_forward_fx(name):
 def test_every_registered_arch_builds_and_runs(name):
     spec = RAPTOR_ARCHS[name]
     model = _create(name).eval()
-    assert len(model.blocks) == spec['k'] and model.block_schedule == spec['block_schedule']
+    assert model.num_unique_blocks == spec['k'] and len(model.blocks) == sum(spec['block_schedule']) and model.block_schedule == spec['block_schedule']
     assert model(torch.randn(1, 3, IMG, IMG)).shape == (1, model.num_features)
 
 

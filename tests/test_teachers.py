@@ -5,6 +5,7 @@ import huggingface_hub.constants
 import pytest
 import timm
 import torch
+import raptor_zoo
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import (
@@ -364,9 +365,15 @@ def test_non_vit_inputs_raise_naming_what_was_found(tmp_path):
 
 @pytest.mark.parametrize("name, block", [
     ("vit_base_patch16_rpn_224", "ResPostBlock"), ("vit_base_patch16_xp_224", "ParallelScalingBlock")])
-def test_timm_vit_with_other_blocks_raises(name, block):
-    with pytest.raises(TypeError, match=f"{name}' has {block} blocks"):
-        load_teacher(name, pretrained=False, depth=2)
+def test_timm_vit_with_other_blocks_is_a_teacher(name, block):
+    """Post-norm and parallel blocks are teachers too: their Raptor with schedule (1,)*L is the teacher."""
+    teacher = load_teacher(name, pretrained=False, depth=2, img_size=32, embed_dim=64, num_heads=2)
+    assert type(teacher.blocks[0]).__name__ == block
+    raptor = raptor_zoo.from_teacher(teacher, block_schedule=(1, 1)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(raptor.forward_features(images), teacher.model.forward_features(images))
+        assert torch.equal(teacher.trajectory(images)[:, -1], raptor.forward_steps(raptor._embed(images), 0, 2))
 
 
 def test_pretrained_offline_says_what_was_sought(offline_hub):

@@ -168,8 +168,16 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         return int((self.model_args or {}).get("relax_rank", 0) or 0)
 
     def timm_model_args(self, num_classes: int | None = None) -> dict[str, Any]:
-        """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``num_labels``)."""
+        """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``num_labels``).
+
+        A Raptor of another family (model_args with ``teacher_arch``) gets its ``create_raptor`` arguments: its
+        own model_args with the schedule and drop path mirrored back.
+        """
         args = dict(self.model_args or {})
+        if "teacher_arch" in args:
+            args.update(block_schedule=list(self.block_schedule), drop_path_rate=self.drop_path_rate,
+                        num_classes=self.num_labels if num_classes is None else num_classes)
+            return args
         for field_name, (arg_name, _) in MIRRORED_MODEL_ARGS.items():
             value = getattr(self, field_name)
             args[arg_name] = list(value) if isinstance(value, tuple) else value

@@ -39,7 +39,7 @@ from .recurrent import RELAX_TARGETS
 __all__ = [
     'RaptorEva', 'RaptorBeit', 'RaptorVisionTransformerRelPos', 'RaptorVisionTransformerSAM', 'RaptorNaFlexVit',
     'RaptorXcit', 'RaptorCait', 'RaptorVisionTransformerDistilled', 'raptor_class', 'create_raptor',
-    'raptor_from_teacher', 'middle_layers', 'RAPTOR_TIMM_ARCHS', 'FRONTIER_TEACHERS',
+    'raptor_from_teacher', 'raptor_from_model_args', 'middle_layers', 'RAPTOR_TIMM_ARCHS', 'FRONTIER_TEACHERS',
 ]
 
 
@@ -183,6 +183,14 @@ def create_raptor(
     return _raptorize(model, schedule, unique_layers, t_scale, drop_path_rate, relax_rank, relax_targets, model_args)
 
 
+def raptor_from_model_args(model_args: Dict[str, Any]) -> RaptorMixin:
+    """The Raptor a model_args dict describes (config.json): create_raptor for a teacher architecture, else
+    RaptorVisionTransformer's own arguments."""
+    if 'teacher_arch' in model_args:
+        return create_raptor(**model_args)
+    return RaptorVisionTransformer(**model_args)
+
+
 def _teacher_arch(model: nn.Module) -> Optional[str]:
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     return arch if arch and timm.is_model(arch) else None
@@ -261,20 +269,33 @@ def _raptor_of_teacher_model(
     if 'num_classes' in overrides or 'global_pool' in overrides:
         model.reset_classifier(overrides.get('num_classes', model.num_classes), overrides.get('global_pool'))
     if arch is not None:
-        teacher_args: Dict[str, Any] = {'num_classes': model.num_classes}
-        img_size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
-        if img_size is not None:
-            teacher_args['img_size'] = list(img_size)
+        teacher_args: Dict[str, Any] = _json_value(dict(getattr(teacher_model, 'raptor_teacher_args', None) or {}))
+        teacher_args['num_classes'] = model.num_classes
         if overrides.get('global_pool') is not None:
             teacher_args['global_pool'] = overrides['global_pool']
-        if getattr(model, 'dynamic_img_size', False):
-            teacher_args['dynamic_img_size'] = True
+        img_size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+        if img_size is not None:
+            teacher_args.setdefault('img_size', list(img_size))
         model_args = dict(
             teacher_arch=arch, teacher_args=teacher_args, block_schedule=list(schedule), unique_layers=unique_layers,
             t_scale=t_scale, drop_path_rate=drop_path_rate)
         if relax_rank:
             model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
-    return _raptorize(model, schedule, unique_layers, t_scale, drop_path_rate, relax_rank, relax_targets, model_args)
+    raptor = _raptorize(model, schedule, unique_layers, t_scale, drop_path_rate, relax_rank, relax_targets, model_args)
+    if model_args is not None and not _rebuilds(raptor, model_args):
+        raptor.model_args = None  # saving says why; the Raptor itself is complete
+    return raptor
+
+
+def _rebuilds(raptor: nn.Module, model_args: Dict[str, Any]) -> bool:
+    """Whether create_raptor(**model_args) gives the same tensors (names and shapes), checked on the meta device."""
+    try:
+        with torch.device('meta'):
+            rebuilt = create_raptor(**model_args)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    expected = {k: tuple(v.shape) for k, v in raptor.state_dict().items()}
+    return expected == {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
 
 
 @torch.no_grad()

@@ -470,7 +470,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RaptorVisio
             state_dict = state_dict[key]
     out = {}
     for name, value in state_dict.items():
-        if name == 'pos_embed' and model.pos_embed is not None and value.shape != model.pos_embed.shape:
+        pos_embed = getattr(model, 'pos_embed', None)
+        if name == 'pos_embed' and isinstance(pos_embed, torch.Tensor) and value.shape != pos_embed.shape:
             num_prefix_tokens = 0 if model.no_embed_class else model.num_prefix_tokens
             value = resample_abs_pos_embed(
                 value, new_size=model.patch_embed.grid_size, num_prefix_tokens=num_prefix_tokens, verbose=True)

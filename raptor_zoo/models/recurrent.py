@@ -175,6 +175,10 @@ class StepAdapters(nn.Module):
         for key, layer in layers.items():
             self.register_parameter(f'{key}_a', nn.Parameter(torch.empty(rank, layer.in_features, **dd)))
             self.register_parameter(f'{key}_b', nn.Parameter(torch.empty(layer.out_features, rank, **dd)))
+        for target in RELAX_TARGETS:  # targets left out read as None
+            if not any(key == target or key.startswith(target + '_') for key in layers):
+                self.register_parameter(f'{target}_a', None)
+                self.register_parameter(f'{target}_b', None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -186,7 +190,7 @@ class StepAdapters(nn.Module):
 
     def forward(self) -> Dict[str, torch.Tensor]:
         """The adapter tensors by name ('qkv_a', 'qkv_b', ...)."""
-        return {name: param for name, param in self.named_parameters(recurse=False)}
+        return {name: param for name, param in self.named_parameters(recurse=False) if param is not None}
 
 
 class CapturedBlockInputs(Exception):
