@@ -391,17 +391,19 @@ def calibrate_threshold(
             f'target_mean_steps={target_mean_steps!r} is out of range; use min_steps = {min_steps} <= '
             f'target_mean_steps <= L = {max_steps}.')
     scores, _ = halting_scores(stepper, images, criterion)
-    candidates = torch.unique(scores[torch.isfinite(scores)]).tolist()
+    eligible = scores[:, min_steps - 1:max_steps - 1]  # exits at L happen whatever the threshold
+    # thresholds just above each candidate score (in the scores' dtype), ascending; the mean exit step never rises
+    candidates = torch.unique(eligible[torch.isfinite(eligible)])
+    thresholds = torch.nextafter(candidates, torch.full_like(candidates, math.inf)).tolist()
 
     def mean_steps(threshold: float) -> float:
         return float(exit_steps_for(scores, threshold, min_steps, max_steps).float().mean())
 
-    # thresholds just above each candidate score, ascending; the mean exit step never rises along them
-    low, high = 0, len(candidates)
+    low, high = 0, len(thresholds)
     while low < high:
         middle = (low + high) // 2
-        if mean_steps(math.nextafter(candidates[middle], math.inf)) >= target_mean_steps:
+        if mean_steps(thresholds[middle]) >= target_mean_steps:
             low = middle + 1
         else:
             high = middle
-    return 0.0 if low == 0 else math.nextafter(candidates[low - 1], math.inf)
+    return 0.0 if low == 0 else thresholds[low - 1]
