@@ -394,8 +394,9 @@ def resolve_adaptive_settings(args: argparse.Namespace) -> AdaptiveBenchSettings
     """Fill defaults and validate every flag before a model is loaded."""
     given = [name for name in _BENCH_ONLY_FLAGS if getattr(args, name, None) is not None]
     if given:
-        raise ValueError(f"--{', --'.join(n.replace('_', '-') for n in given)} belong to the throughput benchmark; "
-                         'the adaptive benchmark takes --raptor, --teacher, --criterion, --thresholds, --min-steps.')
+        flags = ', '.join(f"--{name.replace('_', '-')}" for name in given)
+        raise ValueError(f'{flags}: throughput-benchmark flags, not used with --adaptive; the adaptive benchmark '
+                         'takes --raptor, --teacher, --data, --criterion, --thresholds, --min-steps.')
     thresholds = list(args.thresholds) if args.thresholds is not None else DEFAULT_THRESHOLDS[args.criterion]
     if not thresholds or any(not t > 0 for t in thresholds):
         raise ValueError(f'--thresholds must all be > 0 (0 is full depth, timed anyway); got {thresholds}.')

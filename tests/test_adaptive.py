@@ -270,3 +270,75 @@ def test_bad_models_and_images_raise(raptor, teacher, images):
         adaptive_forward(raptor, images[0], threshold=0.1)
     with pytest.raises(ValueError, match='target_mean_steps=1.0 is out of range'):
         calibrate_threshold(raptor, images, target_mean_steps=1.0)
+
+
+@pytest.mark.slow
+def test_bench_adaptive_end_to_end_on_the_shipped_digits_models(tmp_path):
+    """`raptor-zoo bench --adaptive`: the shipped Raptor and teacher, one threshold, one round, every output."""
+    import json
+
+    from raptor_zoo.cli import main
+
+    assert main(['bench', '--adaptive', '--num-images', '24', '--thresholds', '0.1', '--batch-sizes', '1', '8',
+                 '--batch1-stride', '6', '--rounds', '2', '--warmup', '0', '--device', 'cpu', '--num-threads', '1',
+                 '--out', str(tmp_path), '--note', 'test run']) == 0
+    stem = 'adaptive_raptor-digits-k2_digits_confidence'
+    assert {p.name for p in tmp_path.iterdir()} == {f'{stem}.{ext}' for ext in ('json', 'md', 'png')}
+    payload = json.loads((tmp_path / f'{stem}.json').read_text())
+    assert payload['models'] == {'raptor': 'raptor-digits-k2', 'teacher': 'digits-vit'}
+    assert payload['min_steps'] == payload['phase_boundaries'][1] and 'test run' in payload['notes']
+    rows = payload['rows']
+    assert [(r['role'], r['threshold'], r['batch_size']) for r in rows] == [
+        (role, threshold, batch) for batch in (1, 8) for role in ('raptor', 'teacher') for threshold in (None, 0.1)]
+    assert [r['num_images'] for r in rows] == [4] * 4 + [24] * 4
+    for row in rows:
+        assert len(row['seconds']) == 2 and row['img_per_sec'] > 0
+        if row['threshold'] is None:
+            assert row['mean_steps'] == 12 and row['speedup'] == 1.0
+        else:
+            assert payload['min_steps'] <= row['mean_steps'] <= 12
+            assert row['block_reduction'] == pytest.approx(12 / row['mean_steps'])
+    for role in ('raptor', 'teacher'):
+        curves = payload['curves'][role]
+        assert [p['num_steps'] for p in curves['anytime']] == list(range(1, 13))
+        assert set(curves['simulated']) == set(CRITERIA)
+        full = next(r for r in rows if r['role'] == role and r['threshold'] is None and r['batch_size'] == 8)
+        assert curves['anytime'][-1]['accuracy'] == full['accuracy']  # the anytime curve ends at full depth
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--k', '2'], '--k: throughput-benchmark flags, not used with --adaptive'),
+    (['--thresholds', '0'], '--thresholds must all be > 0'),
+    (['--rounds', '0'], 'need --batch-sizes >= 1, --rounds >= 1'),
+    (['--min-steps', '0'], '--min-steps must be >= 1'),
+])
+def test_bench_adaptive_rejects_bad_flags_before_loading(flags, message, capsys):
+    from raptor_zoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(['bench', '--adaptive', '--out', 'unused', *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_timed_sweep_rows_match_the_halting_loop(raptor, teacher, images):
+    """The benchmark's timed rows: same exits as adaptive_forward, speed-up against the same model's full depth."""
+    from raptor_zoo.bench_adaptive import _make_configs, anytime_curve, simulated_sweep, time_configs
+
+    labels = torch.arange(BATCH) % 5
+    threshold = _mixed_threshold(raptor, images)
+    configs = _make_configs(raptor, teacher, ('tiny-raptor', 'tiny-teacher'), 'confidence', [threshold], SCHEDULE[0])
+    with torch.no_grad():
+        rows = time_configs(configs, images, labels, batch_size=BATCH, rounds=2, warmup=0, depth=DEPTH)
+        expected = adaptive_forward(raptor, images, threshold=threshold)
+        scores, step_logits = halting_scores(raptor, images)
+    assert [(r['model'], r['threshold']) for r in rows] == [
+        ('tiny-raptor', None), ('tiny-raptor', threshold), ('tiny-teacher', None), ('tiny-teacher', threshold)]
+    raptor_row = rows[1]
+    assert raptor_row['mean_steps'] == expected.mean_steps < DEPTH
+    assert raptor_row['accuracy'] == float((expected.logits.argmax(-1) == labels).float().mean())
+    assert rows[0]['speedup'] == rows[2]['speedup'] == 1.0 and len(raptor_row['seconds']) == 2
+    curve = anytime_curve(step_logits, labels)
+    assert curve[-1]['accuracy'] == rows[0]['accuracy'] and len(curve) == DEPTH
+    simulated = simulated_sweep(scores, step_logits, labels, SCHEDULE[0], [0.0, threshold])
+    assert simulated[0]['mean_steps'] == DEPTH and simulated[1]['mean_steps'] == raptor_row['mean_steps']
+    assert simulated[1]['accuracy'] == raptor_row['accuracy']
