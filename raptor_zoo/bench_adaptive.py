@@ -2,10 +2,10 @@
 
 For a sweep of thresholds of one halting criterion (:mod:`raptor_zoo.adaptive`), both models classify the same
 held-out images with per-image early exit; every configuration (model, threshold or full depth) is timed at each
-batch size in alternating rounds (forward order, then reversed), so machine drift hits all of them, and each
-adaptive speed-up is taken per round against the *same model's* plain full-depth ``forward`` and reported as the
-median (min-max) over rounds. Accuracy and mean exit step come from the timed passes at the largest batch size
-(all images); batch-size-1 timings run on every ``stride``-th image to keep a CPU run short.
+batch size in rounds, interleaved batch by batch in alternating order, so bursts of load on a shared machine hit
+all of them alike, and each adaptive speed-up is taken per round against the *same model's* plain full-depth
+``forward`` and reported as the median (min-max) over rounds. Accuracy and mean exit step come from the timed
+calls; batch-size-1 timings run on every ``stride``-th image to keep a CPU run short.
 
 Un-timed curves from one full-depth pass per model: the fixed-depth anytime curve (head on x_m, m = 1..L) and the
 accuracy / mean-depth trade-off of every criterion over a dense threshold grid (the exits a whole-batch run would
@@ -149,51 +149,58 @@ def _make_configs(raptor: nn.Module, teacher: nn.Module, names: tuple[str, str],
     return configs
 
 
-def _timed_pass(config: _Config, images: torch.Tensor, batch_size: int
-                ) -> tuple[float, torch.Tensor, Optional[torch.Tensor]]:
-    """Seconds for one pass over ``images`` at ``batch_size``, with the predictions and exit steps."""
-    predictions, exits = [], []
+def _timed_call(config: _Config, images: torch.Tensor) -> tuple[float, torch.Tensor, Optional[torch.Tensor]]:
+    """Seconds for one call on a batch, with the predictions and exit steps."""
     start = time.perf_counter()
-    for index in range(0, len(images), batch_size):
-        logits, exit_steps = config.run(images[index:index + batch_size])
-        predictions.append(logits.argmax(-1))
-        if exit_steps is not None:
-            exits.append(exit_steps)
+    logits, exit_steps = config.run(images)
     elapsed = time.perf_counter() - start
-    return elapsed, torch.cat(predictions).cpu(), torch.cat(exits).cpu() if exits else None
+    return elapsed, logits.argmax(-1).cpu(), exit_steps.cpu() if exit_steps is not None else None
 
 
 def time_configs(configs: Sequence[_Config], images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  rounds: int, warmup: int, depth: int, progress: Optional[tqdm] = None) -> list[dict[str, Any]]:
-    """Time every config in alternating rounds; one row per config with img/s and speed-up over rounds."""
-    seconds: list[list[float]] = [[] for _ in configs]
-    outcome: list[tuple[torch.Tensor, Optional[torch.Tensor]]] = [None] * len(configs)  # type: ignore[list-item]
-    for index, config in enumerate(configs):
+    """Time every config over ``images`` in rounds; one row per config with img/s and speed-up over rounds.
+
+    Configs are interleaved batch by batch (forward order, then reversed, alternating over batches and rounds),
+    so a burst of load on a shared machine hits every config of the round alike.
+    """
+    batches = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
+    for config in configs:
         for _ in range(warmup):
-            _timed_pass(config, images[:batch_size], batch_size)
+            config.run(images[batches[0]])
+    seconds: list[list[float]] = [[] for _ in configs]
+    predictions: list[list[torch.Tensor]] = [[] for _ in configs]
+    exits: list[list[torch.Tensor]] = [[] for _ in configs]
     for round_index in range(rounds):
-        order = range(len(configs)) if round_index % 2 == 0 else reversed(range(len(configs)))
-        for index in order:
-            elapsed, predictions, exits = _timed_pass(configs[index], images, batch_size)
-            seconds[index].append(elapsed)
-            outcome[index] = (predictions, exits)
-            if progress is not None:
-                progress.update()
+        totals = [0.0] * len(configs)
+        for batch_index, batch in enumerate(batches):
+            forward = (round_index + batch_index) % 2 == 0
+            for index in (range(len(configs)) if forward else reversed(range(len(configs)))):
+                elapsed, batch_predictions, batch_exits = _timed_call(configs[index], images[batch])
+                totals[index] += elapsed
+                if round_index == 0:
+                    predictions[index].append(batch_predictions)
+                    if batch_exits is not None:
+                        exits[index].append(batch_exits)
+        for index, total in enumerate(totals):
+            seconds[index].append(total)
+        if progress is not None:
+            progress.update()
     baseline = {config.role: index for index, config in enumerate(configs) if config.threshold is None}
     rows = []
     for index, config in enumerate(configs):
-        predictions, exits = outcome[index]
         base = seconds[baseline[config.role]]
         speedups = [b / s for b, s in zip(base, seconds[index])]
-        mean_steps = float(exits.float().mean()) if exits is not None else float(depth)
+        mean_steps = float(torch.cat(exits[index]).float().mean()) if exits[index] else float(depth)
         rows.append({
             'model': config.model_name, 'role': config.role, 'threshold': config.threshold,
             'batch_size': batch_size, 'num_images': len(images),
-            'accuracy': float((predictions == labels).float().mean()),
+            'accuracy': float((torch.cat(predictions[index]) == labels).float().mean()),
             'mean_steps': mean_steps, 'block_reduction': depth / mean_steps,
             'img_per_sec': len(images) / statistics.median(seconds[index]),
             'seconds': seconds[index],
             'speedup': statistics.median(speedups), 'speedup_min': min(speedups), 'speedup_max': max(speedups),
+            'speedup_fastest_rounds': min(base) / min(seconds[index]),
         })
     return rows
 
@@ -221,8 +228,8 @@ def run_adaptive_benchmark(settings: AdaptiveBenchSettings) -> dict[str, Any]:
                     scores.cpu(), step_logits.cpu(), labels, min_steps, _DENSE_GRID)
         configs = _make_configs(raptor, teacher, names, settings.criterion, settings.thresholds, min_steps)
         rows = []
-        total = len(configs) * settings.rounds * len(settings.batch_sizes)
-        with tqdm(total=total, desc='adaptive depth: timed passes') as progress:
+        total = settings.rounds * len(settings.batch_sizes)
+        with tqdm(total=total, desc='adaptive depth: timed rounds') as progress:
             for batch_size in settings.batch_sizes:
                 subset = slice(None) if batch_size > 1 else slice(None, None, settings.batch1_stride)
                 rows += time_configs(configs, images[subset], labels[subset], batch_size, settings.rounds,
@@ -248,16 +255,17 @@ def markdown_report(result: dict[str, Any], environment: dict[str, Any], setting
              f"- criterion `{settings.criterion}` (exit when score < threshold), min_steps {result['min_steps']} "
              f"(end of the Raptor's first phase, phases {result['phase_boundaries']}; the teacher uses the same), "
              f"L = {result['depth']}",
-             f'- {settings.rounds} alternating rounds per batch size; img/s from the median round; speed-up = the same '
-             "model's full-depth forward time / adaptive time, per round: median (min–max)",
+             f'- {settings.rounds} rounds per batch size, every config interleaved batch by batch in alternating order; '
+             "img/s from the median round; speed-up = the same model's full-depth forward time / adaptive time, per "
+             'round: median (min–max); fastest rounds = fastest full-depth round / fastest adaptive round',
              f'- batch 1 is timed on every {settings.batch1_stride}-th image; accuracy and mean steps of each row come '
-             'from its own timed passes']
+             'from its own first timed round']
     lines += [f'- {note}' for note in settings.notes]
     for batch_size in settings.batch_sizes:
         rows = [r for r in result['rows'] if r['batch_size'] == batch_size]
         lines += ['', f'## Batch {batch_size} ({rows[0]["num_images"]} images)', '',
-                  '| model | threshold | accuracy % | Δ vs full (points) | mean steps | fewer blocks | img/s | speed-up |',
-                  '|---|---|---|---|---|---|---|---|']
+                  '| model | threshold | accuracy % | Δ vs full (points) | mean steps | fewer blocks | img/s | speed-up '
+                  '| speed-up, fastest rounds |', '|---|---|---|---|---|---|---|---|---|']
         full = {r['role']: r for r in rows if r['threshold'] is None}
         for row in rows:
             delta = 100 * (row['accuracy'] - full[row['role']]['accuracy'])
@@ -265,7 +273,7 @@ def markdown_report(result: dict[str, Any], environment: dict[str, Any], setting
             lines.append(
                 f"| {row['model']} | {threshold} | {_pct(row['accuracy'])} | {delta:+.2f} | {row['mean_steps']:.2f} | "
                 f"{row['block_reduction']:.2f}x | {row['img_per_sec']:,.0f} | {row['speedup']:.2f}x "
-                f"({row['speedup_min']:.2f}–{row['speedup_max']:.2f}) |")
+                f"({row['speedup_min']:.2f}–{row['speedup_max']:.2f}) | {row['speedup_fastest_rounds']:.2f}x |")
     lines += ['', '## Fixed depth (anytime, `num_steps=m`)', '',
               '| m | ' + ' | '.join(f'{models[r]} accuracy %' for r in ('raptor', 'teacher')) + ' |', '|---|---|---|']
     for m in range(result['depth']):
