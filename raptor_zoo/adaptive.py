@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -216,7 +215,7 @@ CRITERIA: dict[str, _Criterion] = {
     'feature_change': _Criterion(
         _feature_change, False, True, 'relative L2 change of the pooled pre-logit features between steps'),
 }
-"""Halting criteria by name; each scores images (>= 0, lower = more settled) and an image exits when score < threshold."""
+"""Halting criteria by name: each scores images (>= 0, lower = more settled); an image exits when score < threshold."""
 
 
 # ---------------------------------------------------------------------------------------------- halting loop

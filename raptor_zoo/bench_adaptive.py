@@ -255,7 +255,8 @@ def markdown_report(result: dict[str, Any], environment: dict[str, Any], setting
              f"- criterion `{settings.criterion}` (exit when score < threshold), min_steps {result['min_steps']} "
              f"(end of the Raptor's first phase, phases {result['phase_boundaries']}; the teacher uses the same), "
              f"L = {result['depth']}",
-             f'- {settings.rounds} rounds per batch size, every config interleaved batch by batch in alternating order; '
+             f'- {settings.rounds} rounds per batch size, every config interleaved batch by batch in alternating '
+             'order; '
              "img/s from the median round; speed-up = the same model's full-depth forward time / adaptive time, per "
              'round: median (min–max); fastest rounds = fastest full-depth round / fastest adaptive round',
              f'- batch 1 is timed on every {settings.batch1_stride}-th image; accuracy and mean steps of each row come '
@@ -264,7 +265,8 @@ def markdown_report(result: dict[str, Any], environment: dict[str, Any], setting
     for batch_size in settings.batch_sizes:
         rows = [r for r in result['rows'] if r['batch_size'] == batch_size]
         lines += ['', f'## Batch {batch_size} ({rows[0]["num_images"]} images)', '',
-                  '| model | threshold | accuracy % | Δ vs full (points) | mean steps | fewer blocks | img/s | speed-up '
+                  '| model | threshold | accuracy % | Δ vs full (points) | mean steps | fewer blocks | img/s '
+                  '| speed-up '
                   '| speed-up, fastest rounds |', '|---|---|---|---|---|---|---|---|---|']
         full = {r['role']: r for r in rows if r['threshold'] is None}
         for row in rows:
@@ -439,7 +441,8 @@ def adaptive_bench_command(args: argparse.Namespace) -> dict[str, Path]:
     result = run_adaptive_benchmark(settings)
     environment['bench_wall_s'] = round(time.perf_counter() - start, 1)
     out = Path(settings.out)
-    stem = re.sub(r'[^A-Za-z0-9_.-]+', '-', f"adaptive_{result['models']['raptor']}_{settings.data}_{settings.criterion}")
+    stem = re.sub(r'[^A-Za-z0-9_.-]+', '-',
+                  f"adaptive_{result['models']['raptor']}_{settings.data}_{settings.criterion}")
     rows = result.pop('rows')
     paths = {'json': write_json(rows, out / f'{stem}.json', environment, settings.to_dict(), settings.notes,
                                 extra=result)}
