@@ -2,7 +2,8 @@
 
     raptor-zoo demo      embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save (offline, CPU)
     raptor-zoo phases    phase discovery on a teacher: distance matrix, max-cut phases, JSON + heatmap
-    raptor-zoo bench     throughput / latency of a Raptor against its teacher (JSON, Markdown, PNG)
+    raptor-zoo bench     throughput / latency of a Raptor against its teacher (JSON, Markdown, PNG);
+                         --adaptive: per-image early exit, accuracy vs depth and img/s, Raptor beside teacher
     raptor-zoo analyze   dynamical interpretability of a Raptor and its teacher (JSON + PNGs)
     raptor-zoo push      upload a saved Raptor folder to the Hub (--dry-run lists what would go up)
 """
@@ -15,6 +16,7 @@ import torch
 
 from .analysis.cli import add_analyze_arguments, analyze_command
 from .bench import add_bench_arguments
+from .bench_adaptive import add_adaptive_arguments
 from .demo import add_demo_arguments, demo_command
 from .hub import add_push_arguments, push_command
 
@@ -96,9 +98,10 @@ def _phase_ranges(boundaries) -> List[str]:
 
 def _bench_command(args: argparse.Namespace) -> int:
     from .bench import bench_command
+    from .bench_adaptive import adaptive_bench_command
 
     try:
-        bench_command(args)
+        adaptive_bench_command(args) if args.adaptive else bench_command(args)
     except ValueError as error:
         args.parser.error(str(error))
     return 0
@@ -115,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     phases = subparsers.add_parser('phases', help='discover the phases of a teacher (distance matrix + max-cut)')
     _add_phases_arguments(phases)
     phases.set_defaults(func=phases_command)
-    bench = subparsers.add_parser('bench', help='throughput and latency of a Raptor against its teacher, side by side')
+    bench = subparsers.add_parser(
+        'bench', help='throughput and latency of a Raptor against its teacher, side by side (--adaptive: early exit)')
     add_bench_arguments(bench)
+    add_adaptive_arguments(bench, standalone=False)
     bench.set_defaults(func=_bench_command, parser=bench)
     analyze = subparsers.add_parser(
         'analyze', help='dynamical interpretability: token dynamics, update ranks, basins, phase view (JSON + PNGs)')
