@@ -7,6 +7,8 @@ A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
                        teacher id and revision, block_schedule, phase_boundaries, phase_metric, schedule_source
     model.safetensors  RaptorVisionTransformer.state_dict() in timm's key layout, each unique block once
     README.md          the model card (raptor_zoo.cards)
+    preprocessor_config.json  the timm data config (resize, crop_pct, crop_mode, mean/std, interpolation) for
+                       transformers' AutoImageProcessor and pipelines (``RaptorImageProcessor``)
     phases.json, phase_heatmap.png, other plots (optional)
 
 The same folder loads in three libraries: ``raptor_zoo.from_pretrained(folder | repo id | zoo name)``,
@@ -54,16 +56,19 @@ from torch import nn
 
 from . import cards, zoo
 from .models.configuration_raptor import RaptorConfig
+from .models.image_processing_raptor import RaptorImageProcessor
 from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, checkpoint_filter_fn
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CARD_NAME",
+    "PROCESSOR_NAME",
     "PHASES_NAME",
     "HEATMAP_NAME",
     "GENERIC_ARCHITECTURE",
     "raptor_config",
+    "image_processor",
     "save_pretrained",
     "read_config",
     "load_state_dict",
@@ -77,6 +82,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PROCESSOR_NAME = "preprocessor_config.json"
 PHASES_NAME = "phases.json"
 HEATMAP_NAME = "phase_heatmap.png"
 GENERIC_ARCHITECTURE = "raptor_vit"
@@ -244,6 +250,12 @@ def raptor_config(
     )
 
 
+def image_processor(config: RaptorConfig) -> RaptorImageProcessor:
+    """The transformers image processor (preprocessor_config.json) of a folder: timm's eval transform of the data
+    config that config.json's pretrained_cfg resolves to."""
+    return RaptorImageProcessor.from_pretrained_cfg(config.pretrained_cfg or {})
+
+
 def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
     state = {}
     seen: dict[tuple[int, int], str] = {}
@@ -290,7 +302,8 @@ def save_pretrained(
         repo_id: str | None = None,
         card_data: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a Raptor folder: model.safetensors, config.json, README.md (card), phases and plots.
+    """Write a Raptor folder: model.safetensors, config.json, preprocessor_config.json, README.md (card), phases
+    and plots.
 
     Args:
         model: a ``RaptorVisionTransformer`` (or a transformers ``Raptor*`` model, saved through its ``.raptor``).
@@ -335,6 +348,7 @@ def save_pretrained(
     _write_atomic(folder / WEIGHTS_NAME,
                   lambda path: safetensors.torch.save_file(state, str(path), metadata={"format": "pt"}))
     _write_atomic(folder / CONFIG_NAME, lambda path: config.to_json_file(path))
+    _write_atomic(folder / PROCESSOR_NAME, image_processor(config).to_json_file)
     if phase_dict is not None:
         from .phases import PhaseResult
 

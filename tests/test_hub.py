@@ -59,7 +59,8 @@ def _cache_snapshot(cache: Path, repo_id: str, folder: Path, commit: str = COMMI
 
 
 def test_save_writes_one_folder_layout(saved, tiny_raptor):
-    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     state = safetensors.torch.load_file(saved / "model.safetensors")
     assert sorted(state) == sorted(tiny_raptor.state_dict())
     assert not any(key.startswith("blocks.2") for key in state)  # k = 2 unique blocks, each stored once
@@ -338,7 +339,8 @@ def test_push_model_uploads_one_validated_commit(tmp_path, tiny_raptor, monkeypa
     assert seen["create_repo"] == [dict(repo_id="org/name", library="raptor_zoo", private=True, exist_ok=True)]
     assert seen["create_branch"] == [dict(repo_id="org/name", branch="v1", exist_ok=True)]
     (upload,) = seen["upload_folder"]
-    assert sorted(upload["files"]) == ["README.md", "config.json", "fidelity.png", "model.safetensors"]
+    assert sorted(upload["files"]) == [
+        "README.md", "config.json", "fidelity.png", "model.safetensors", "preprocessor_config.json"]
     assert upload["revision"] == "v1" and upload["create_pr"] is False
     card_text = upload["files"]["README.md"].decode()
     card = cards.validate_card(card_text, metrics=METRICS)

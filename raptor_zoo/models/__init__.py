@@ -2,7 +2,9 @@
 from .digits_vit import *  # noqa: F401,F403
 from .raptor_vit import *  # noqa: F401,F403
 from .configuration_raptor import RaptorConfig
+from .image_processing_raptor import RaptorImageProcessor, register_raptor_image_processor
 from .modeling_raptor import (
     RaptorBackbone, RaptorForImageClassification, RaptorModel, RaptorPreTrainedModel, register_raptor_auto_classes)
 
 register_raptor_auto_classes()
+register_raptor_image_processor()
