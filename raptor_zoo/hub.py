@@ -559,10 +559,17 @@ def load_pretrained(
         architecture, pretrained=False, pretrained_cfg_overlay=dict(config.pretrained_cfg or {}),
         **dict(saved_args, **model_kwargs))
     state = checkpoint_filter_fn(state, model)
+    expected = model.state_dict()
     head_changed = any(key in model_kwargs and model_kwargs[key] != saved_args[key]
                        for key in ("num_classes", "global_pool"))
-    expected = model.state_dict()
-    if head_changed:
+    saved_head = {key: value.shape for key, value in state.items() if key.startswith("head.")}
+    if head_changed and saved_head != {key: v.shape for key, v in expected.items() if key.startswith("head.")}:
+        # a backbone (num_classes=0) or another head asked for: quiet; a head lost to a pooling change: loud
+        if model.num_classes and model.num_classes == saved_args["num_classes"]:
+            warnings.warn(
+                f"The classifier of {name_or_path!s} ({dict(saved_head)}) does not fit global_pool="
+                f"{model.global_pool!r}: the head is newly initialised and needs training. Keep global_pool="
+                f"{saved_args['global_pool']!r} to use the saved head.", stacklevel=2)
         state = {key: value for key, value in state.items() if not key.startswith("head.")}
         expected = {key: value for key, value in expected.items() if not key.startswith("head.")}
     _compare_state(expected, state, source=str(name_or_path), strict=strict,

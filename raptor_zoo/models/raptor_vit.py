@@ -30,6 +30,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
 
+from .hub_mixin import RaptorHubMixin
+
 __all__ = [
     'RaptorVisionTransformer', 'RaptorBlock', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
     'RELAXED_RAPTOR_ARCHS', 'REGISTERED_RAPTOR_ARCHS',
@@ -336,7 +338,7 @@ class RaptorBlock(Block):
         return self._relaxed_mlp(x, adapters)
 
 
-class RaptorVisionTransformer(VisionTransformer):
+class RaptorVisionTransformer(RaptorHubMixin, VisionTransformer):
     """ Raptor Vision Transformer: k unique blocks applied on `block_schedule`, sum(block_schedule) = L steps.
 
     Every argument of timm's VisionTransformer is accepted (except `depth` and `block_fn`, which the schedule and
