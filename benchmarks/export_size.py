@@ -49,7 +49,8 @@ def main() -> None:
     (out / "export_size.md").write_text("\n".join(lines) + "\n")
     environment = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, machine=platform.machine(),
                        cpus=torch.get_num_threads())
-    write_json(rows, out / "export_size.json", environment=environment, settings=vars(args))
+    write_json(rows, out / "export_size.json", environment=environment,
+               settings=dict(raptor=args.raptor, teacher=teacher_name))
     print("\n".join(lines))
 
 
