@@ -22,7 +22,6 @@ __all__ = [
 ]
 
 
-
 def directional_convergence(trajectory: torch.Tensor) -> np.ndarray:
     """γ_ℓ = ⟨x̂_ℓ, x̂_L⟩ per image, layer and token: ``[B, L + 1, N]`` (γ_L = 1)."""
     directions = unit(trajectory.detach().double())
