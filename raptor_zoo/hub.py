@@ -7,6 +7,8 @@ A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
                        teacher id and revision, block_schedule, phase_boundaries, phase_metric, schedule_source
     model.safetensors  RaptorVisionTransformer.state_dict() in timm's key layout, each unique block once
     README.md          the model card (raptor_zoo.cards)
+    preprocessor_config.json  the timm data config (resize, crop_pct, crop_mode, mean/std, interpolation) for
+                       transformers' AutoImageProcessor and pipelines (``RaptorImageProcessor``)
     phases.json, phase_heatmap.png, other plots (optional)
 
 The same folder loads in three libraries: ``raptor_zoo.from_pretrained(folder | repo id | zoo name)``,
@@ -55,6 +57,7 @@ from torch import nn
 from . import cards, zoo
 from .models.configuration_raptor import RaptorConfig
 from .models.families import in_chans_of, native_img_size
+from .models.image_processing_raptor import RaptorImageProcessor
 from .models.raptor_base import RaptorMixin
 from .models.raptor_timm import RAPTOR_TIMM_ARCHS, raptor_from_model_args
 from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, checkpoint_filter_fn
@@ -63,10 +66,12 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CARD_NAME",
+    "PROCESSOR_NAME",
     "PHASES_NAME",
     "HEATMAP_NAME",
     "GENERIC_ARCHITECTURE",
     "raptor_config",
+    "image_processor",
     "save_pretrained",
     "read_config",
     "load_state_dict",
@@ -80,6 +85,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PROCESSOR_NAME = "preprocessor_config.json"
 PHASES_NAME = "phases.json"
 HEATMAP_NAME = "phase_heatmap.png"
 GENERIC_ARCHITECTURE = "raptor_vit"
@@ -278,6 +284,12 @@ def raptor_config(
     )
 
 
+def image_processor(config: RaptorConfig) -> RaptorImageProcessor:
+    """The transformers image processor (preprocessor_config.json) of a folder: timm's eval transform of the data
+    config that config.json's pretrained_cfg resolves to."""
+    return RaptorImageProcessor.from_pretrained_cfg(config.pretrained_cfg or {})
+
+
 def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
     state = {}
     seen: dict[tuple[int, int], str] = {}
@@ -329,7 +341,8 @@ def save_pretrained(
         repo_id: str | None = None,
         card_data: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a Raptor folder: model.safetensors, config.json, README.md (card), phases and plots.
+    """Write a Raptor folder: model.safetensors, config.json, preprocessor_config.json, README.md (card), phases
+    and plots.
 
     Args:
         model: a ``RaptorVisionTransformer`` (or a transformers ``Raptor*`` model, saved through its ``.raptor``).
@@ -374,6 +387,7 @@ def save_pretrained(
     _write_atomic(folder / WEIGHTS_NAME,
                   lambda path: safetensors.torch.save_file(state, str(path), metadata={"format": "pt"}))
     _write_atomic(folder / CONFIG_NAME, lambda path: config.to_json_file(path))
+    _write_atomic(folder / PROCESSOR_NAME, image_processor(config).to_json_file)
     if phase_dict is not None:
         from .phases import PhaseResult
 
@@ -584,10 +598,17 @@ def load_pretrained(
         architecture, pretrained=False, pretrained_cfg_overlay=dict(config.pretrained_cfg or {}),
         **dict(saved_args, **model_kwargs))
     state = checkpoint_filter_fn(state, model)
+    expected = model.state_dict()
     head_changed = any(key in model_kwargs and model_kwargs[key] != saved_args.get(key)
                        for key in ("num_classes", "global_pool"))
-    expected = model.state_dict()
-    if head_changed:
+    saved_head = {key: value.shape for key, value in state.items() if key.startswith("head.")}
+    if head_changed and saved_head != {key: v.shape for key, v in expected.items() if key.startswith("head.")}:
+        # a backbone (num_classes=0) or another head asked for: quiet; a head lost to a pooling change: loud
+        if model.num_classes and model.num_classes == saved_args.get("num_classes"):
+            warnings.warn(
+                f"The classifier of {name_or_path!s} ({dict(saved_head)}) does not fit global_pool="
+                f"{model.global_pool!r}: the head is newly initialised and needs training. Keep global_pool="
+                f"{saved_args.get('global_pool')!r} to use the saved head.", stacklevel=2)
         state = {key: value for key, value in state.items() if not key.startswith("head.")}
         expected = {key: value for key, value in expected.items() if not key.startswith("head.")}
     _compare_state(expected, state, source=str(name_or_path), strict=strict,

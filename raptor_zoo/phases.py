@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from tqdm.auto import tqdm
 
+from .plotting import annotate_cells
+
 __all__ = [
     "METRICS",
     "TOKEN_SELECTIONS",
@@ -580,11 +582,7 @@ def plot_distance_matrix(
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
     if depth <= 16:
-        threshold = matrix.min() + 0.5 * (matrix.max() - matrix.min())
-        for i in range(depth):
-            for j in range(depth):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if matrix[i, j] > threshold else "white")
+        annotate_cells(ax, matrix, "{:.2f}", threshold=matrix.min() + 0.5 * (matrix.max() - matrix.min()))
     if phase_boundaries is not None:
         for start, end in zip(phase_boundaries, phase_boundaries[1:]):
             ax.add_patch(Rectangle((start - 0.5, start - 0.5), end - start, end - start,

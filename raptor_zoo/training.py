@@ -24,16 +24,21 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch.nn as nn
 import yaml
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 __all__ = [
     "parse_config",
     "config_to_dict",
     "format_config",
     "save_config",
+    "start_run",
+    "save_run_config",
     "command_line",
     "TrainingStep",
     "CheckpointManager",
@@ -272,6 +277,47 @@ def save_config(config, output_dir: str | Path, filename: str = "args.yaml") -> 
     temporary.write_text(format_config(config))
     temporary.replace(path)
     return path
+
+
+def save_run_config(accelerator: Accelerator, config) -> None:
+    """``output_dir/args.yaml`` of a run, written by the main process only."""
+    if accelerator.is_main_process:
+        save_config(config, config.output_dir)
+
+
+def start_run(
+        config,
+        *,
+        tracker: str | None = None,
+        seedable_data: bool = True,
+        write_config: bool = True,
+) -> tuple[Accelerator, Path]:
+    """The recipes' prologue: an ``Accelerator`` from the config's run fields, the resolved config printed and
+    written to ``output_dir/args.yaml`` (unless ``write_config=False``: then :func:`save_run_config` later), trackers
+    started (``tracker`` names the project, when the config has ``log_with`` set), the seed set.
+
+    ``cpu``, ``mixed_precision``, ``seed`` and ``output_dir`` are required fields; ``gradient_accumulation_steps``
+    and ``log_with`` are passed on when the config has them; ``seedable_data`` makes the prepared loaders' order a
+    function of the seed (Accelerate's seedable sampler). Returns ``(accelerator, output_dir)``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    options: dict[str, Any] = dict(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    if hasattr(config, "gradient_accumulation_steps"):
+        options["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+    if hasattr(config, "log_with"):
+        options.update(log_with=config.log_with, project_dir=config.output_dir)
+    if seedable_data:
+        options["dataloader_config"] = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed)
+    accelerator = Accelerator(**options)
+    accelerator.print(format_config(config))
+    if write_config:
+        save_run_config(accelerator, config)
+    if tracker is not None and getattr(config, "log_with", None):
+        accelerator.init_trackers(tracker, config=config_to_dict(config))
+    set_seed(config.seed)
+    return accelerator, Path(config.output_dir)
 
 
 def command_line() -> str:

@@ -27,8 +27,6 @@ from typing import Literal, Optional
 import timm
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import resolve_data_config
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -48,10 +46,10 @@ from raptor_zoo.training import (
     CheckpointManager,
     command_line,
     epoch_dataloader,
-    format_config,
     parse_config,
     resume_position,
-    save_config,
+    save_run_config,
+    start_run,
 )
 
 RUN_STATE_FILE = "run_state.json"
@@ -172,13 +170,7 @@ def save_model(model: torch.nn.Module, folder: Path, is_raptor: bool, metrics: d
 
 
 def training_function(config: FinetuneConfig) -> dict:
-    accelerator = Accelerator(
-        cpu=config.cpu, mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
-    output_dir = Path(config.output_dir)
-    accelerator.print(format_config(config))
-    set_seed(config.seed)
+    accelerator, output_dir = start_run(config, write_config=False)
 
     train_set, eval_set, data_classes = load_splits(config)
     num_classes = config.num_classes or data_classes
@@ -197,8 +189,7 @@ def training_function(config: FinetuneConfig) -> dict:
         raise ValueError(f"{len(train_images)} training images give too few batches of --batch-size "
                          f"{config.batch_size}; "
                          "lower --batch-size or use more images.")
-    if accelerator.is_main_process:
-        save_config(config, output_dir)
+    save_run_config(accelerator, config)
     accelerator.print(f"model {config.model} ({'Raptor' if is_raptor else 'timm'}), {num_classes} classes, "
                       f"{len(trainable)} trainable tensors, input {tuple(data_config['input_size'])}")
 

@@ -14,12 +14,10 @@ Any config field is a flag. Output: --output-dir/linear_probe.json (and args.yam
 """
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from raptor_zoo.data import build_transform, create_loader, load_image_dataset
 from raptor_zoo.downstream import (
@@ -32,7 +30,7 @@ from raptor_zoo.downstream import (
     topk_accuracy,
     train_linear_probe,
 )
-from raptor_zoo.training import command_line, format_config, parse_config, save_config
+from raptor_zoo.training import command_line, parse_config, save_run_config, start_run
 
 
 @dataclass
@@ -124,10 +122,7 @@ def probe(config: ProbeConfig, backbone: LoadedBackbone, train_set, eval_set, ac
 
 
 def linear_probe_function(config: ProbeConfig) -> dict:
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
-    output_dir = Path(config.output_dir)
-    accelerator.print(format_config(config))
-    set_seed(config.seed)
+    accelerator, output_dir = start_run(config, seedable_data=False, write_config=False)
     train_set, eval_set = load_splits(config)
     kind = backbone_kind(config.backbone) if config.backbone_kind == "auto" else config.backbone_kind
     backbone = load_backbone(config.backbone, kind=kind, pretrained=config.teacher_pretrained,
@@ -142,8 +137,7 @@ def linear_probe_function(config: ProbeConfig) -> dict:
             raise ValueError(f"Raptor {config.backbone!r} records no teacher in its config.json; pass --teacher.")
         teacher = load_backbone(teacher_id, kind="teacher", pretrained=config.teacher_pretrained,
                                 **config.teacher_kwargs)
-    if accelerator.is_main_process:
-        save_config(config, output_dir)
+    save_run_config(accelerator, config)
 
     result: dict[str, Any] = {"command": command_line(), "dataset": config.dataset, "eval_split": config.eval_split,
                               "raptor" if backbone.kind == "raptor" else "backbone":

@@ -21,14 +21,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Literal, Optional
 
 import timm
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 from timm.optim import create_optimizer_v2
@@ -40,13 +38,11 @@ from raptor_zoo.data import build_transform, create_loader, load_image_dataset
 from raptor_zoo.training import (
     CheckpointManager,
     command_line,
-    config_to_dict,
     epoch_dataloader,
-    format_config,
     parse_config,
     resume_position,
-    save_config,
     set_drop_path,
+    start_run,
 )
 
 
@@ -128,21 +124,7 @@ def evaluate(model: nn.Module, dataloader, accelerator: Accelerator) -> float:
 
 
 def training_function(config: TrainTeacherConfig) -> dict:
-    accelerator = Accelerator(
-        cpu=config.cpu,
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=config.log_with,
-        project_dir=config.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-    )
-    output_dir = Path(config.output_dir)
-    accelerator.print(format_config(config))
-    if accelerator.is_main_process:
-        save_config(config, output_dir)
-    if config.log_with:
-        accelerator.init_trackers("train_teacher", config=config_to_dict(config))
-    set_seed(config.seed)
+    accelerator, output_dir = start_run(config, tracker="train_teacher")
 
     # data
     train_set = load_image_dataset(config.dataset, split=config.train_split)

@@ -3,6 +3,7 @@ import argparse
 import json
 import shutil
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def _cache_snapshot(cache: Path, repo_id: str, folder: Path, commit: str = COMMI
 
 
 def test_save_writes_one_folder_layout(saved, tiny_raptor):
-    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     state = safetensors.torch.load_file(saved / "model.safetensors")
     assert sorted(state) == sorted(tiny_raptor.state_dict())
     assert not any(key.startswith("blocks.2") for key in state)  # k = 2 unique blocks, each stored once
@@ -338,7 +340,8 @@ def test_push_model_uploads_one_validated_commit(tmp_path, tiny_raptor, monkeypa
     assert seen["create_repo"] == [dict(repo_id="org/name", library="raptor_zoo", private=True, exist_ok=True)]
     assert seen["create_branch"] == [dict(repo_id="org/name", branch="v1", exist_ok=True)]
     (upload,) = seen["upload_folder"]
-    assert sorted(upload["files"]) == ["README.md", "config.json", "fidelity.png", "model.safetensors"]
+    assert sorted(upload["files"]) == [
+        "README.md", "config.json", "fidelity.png", "model.safetensors", "preprocessor_config.json"]
     assert upload["revision"] == "v1" and upload["create_pr"] is False
     card_text = upload["files"]["README.md"].decode()
     card = cards.validate_card(card_text, metrics=METRICS)
@@ -395,3 +398,52 @@ def test_relaxed_raptor_round_trips_through_every_loader(tmp_path, images, isola
         assert torch.allclose(classifier(images).logits, logits, atol=1e-6)
         backbone = AutoBackbone.from_pretrained("org/relaxed", out_indices=[3])
         assert torch.allclose(backbone(images).feature_maps[0], expected_map, atol=1e-6)
+
+
+def test_model_methods_round_trip_the_one_folder(tmp_path):
+    model = raptor_zoo.from_pretrained("raptor-digits-k2")
+    folder = model.save_pretrained(tmp_path / "x")
+    reference = hub.save_pretrained(model, tmp_path / "reference")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (folder / name).read_bytes() == (reference / name).read_bytes()
+    loaded = type(model).from_pretrained(tmp_path / "x")
+    assert type(loaded) is RaptorVisionTransformer and not loaded.training
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+        assert torch.equal(loaded(images, num_steps=5), model(images, num_steps=5))
+
+
+def test_model_push_to_hub_uploads_the_folder(tiny_raptor, tmp_path, monkeypatch):
+    seen = _patch_hub_api(monkeypatch)
+    url = tiny_raptor.push_to_hub("org/name", private=True, create_pr=False, metrics=METRICS)
+    assert url == f"https://huggingface.co/org/name/commit/{COMMIT}"
+    assert seen["create_repo"] == [dict(repo_id="org/name", library="raptor_zoo", private=True, exist_ok=True)]
+    (upload,) = seen["upload_folder"]
+    assert sorted(upload["files"]) == [
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert cards.validate_card(upload["files"]["README.md"].decode(), metrics=METRICS).data.model_name == "name"
+    url = tiny_raptor.save_pretrained(tmp_path / "mine", repo_id="org/mine", push_to_hub=True, metrics=METRICS)
+    assert url.endswith(COMMIT) and seen["upload_folder"][1]["repo_id"] == "org/mine"
+    assert seen["upload_folder"][1]["files"]["model.safetensors"] == (tmp_path / "mine" / "model.safetensors").read_bytes()
+
+
+def test_backbone_from_a_classifier_folder_is_quiet_a_lost_head_is_loud(saved, tiny_raptor, images):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone = RaptorVisionTransformer.from_pretrained(saved, num_classes=0)
+        other_head = RaptorVisionTransformer.from_pretrained(saved, num_classes=3)
+        same_head = RaptorVisionTransformer.from_pretrained(saved, global_pool="avg", fc_norm=False)
+    with torch.no_grad():
+        assert torch.equal(backbone(images), tiny_raptor.forward_head(tiny_raptor.forward_features(images),
+                                                                      pre_logits=True))
+    assert other_head.head.out_features == 3
+    assert torch.equal(same_head.head.weight, tiny_raptor.head.weight)  # a head that fits is kept
+    with pytest.warns(UserWarning, match="newly initialised"):
+        RaptorVisionTransformer.from_pretrained(saved, global_pool="cls_avg")
+    with pytest.raises(ValueError, match="missing keys"):
+        state = safetensors.torch.load_file(saved / "model.safetensors")
+        safetensors.torch.save_file({k: v for k, v in state.items() if not k.startswith("head.")},
+                                    saved / "model.safetensors", metadata={"format": "pt"})
+        RaptorVisionTransformer.from_pretrained(saved)

@@ -24,7 +24,9 @@ from raptor_zoo.training import (
     parse_config,
     resume_position,
     save_config,
+    save_run_config,
     set_drop_path,
+    start_run,
 )
 
 
@@ -107,6 +109,35 @@ def test_save_config_round_trips(tmp_path):
     path = save_config(config, tmp_path / "run")
     assert path == tmp_path / "run" / "args.yaml"
     assert parse_config(ExampleConfig, ["--config", str(path)]) == config
+
+
+@dataclass
+class RunConfig:
+    """The run fields start_run reads."""
+    output_dir: str = "out"
+    seed: int = 3
+    cpu: bool = True
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_accumulation_steps: int = 2
+
+
+def test_start_run_is_the_recipes_prologue(tmp_path, capsys):
+    AcceleratorState._reset_state(True)
+    try:
+        config = RunConfig(output_dir=str(tmp_path / "run"))
+        accelerator, output_dir = start_run(config)
+        assert output_dir == tmp_path / "run" and accelerator.gradient_accumulation_steps == 2
+        assert parse_config(RunConfig, ["--config", str(output_dir / "args.yaml")]) == config
+        assert torch.initial_seed() == 3 and "gradient_accumulation_steps: 2" in capsys.readouterr().out
+        assert accelerator.dataloader_config.use_seedable_sampler and accelerator.dataloader_config.data_seed == 3
+        AcceleratorState._reset_state(True)
+        later = RunConfig(output_dir=str(tmp_path / "later"), seed=5)
+        accelerator, output_dir = start_run(later, seedable_data=False, write_config=False)
+        assert not output_dir.exists() and not accelerator.dataloader_config.use_seedable_sampler
+        save_run_config(accelerator, later)
+        assert (output_dir / "args.yaml").is_file()
+    finally:
+        AcceleratorState._reset_state(True)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

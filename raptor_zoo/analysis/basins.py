@@ -17,7 +17,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from .dynamics import GROUP_COLORS, draw_phase_boundaries
+from ..plotting import GROUP_COLORS, annotate_cells, finish_figure
+from .dynamics import draw_phase_boundaries
 from .layout import TokenLayout, check_trajectory, unit
 
 __all__ = [
@@ -217,16 +218,9 @@ def plot_self_correction(
                     label=f"perturbed at layer {start}")
         draw_phase_boundaries(ax, phase_boundaries)
         ax.set_title(f"{name}", color=GROUP_COLORS[name])
-        ax.set_xlabel("layer ℓ")
         ax.set_ylabel("angle to the clean trajectory [degrees]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    figure.suptitle((title + ": " if title else "")
-                    + f"self-correction, {result['perturbation']} perturbation of size {scales[scale_index]:g}")
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return finish_figure(figure, axes, path, (title + ": " if title else "")
+                         + f"self-correction, {result['perturbation']} perturbation of size {scales[scale_index]:g}")
 
 
 def plot_basin_map(
@@ -249,10 +243,7 @@ def plot_basin_map(
     for ax, name in zip(axes, groups):
         log_ratio = np.log2(np.maximum(result["contraction"][name], 1e-6))
         image = ax.imshow(log_ratio, cmap="coolwarm", norm=norm, aspect="auto", interpolation="nearest")
-        final = np.degrees(result["final_angle"][name])
-        for i in range(final.shape[0]):
-            for j in range(final.shape[1]):
-                ax.text(j, i, f"{final[i, j]:.1f}°", ha="center", va="center", fontsize=7)
+        annotate_cells(ax, np.degrees(result["final_angle"][name]), "{:.1f}°")
         ax.set_xticks(range(len(result["scales"])), [f"{s:g}" for s in result["scales"]])
         ax.set_yticks(range(len(result["start_layers"])), [str(s) for s in result["start_layers"]])
         ax.set_xlabel("perturbation size" + (" (relative norm)" if result["perturbation"] == "noise" else

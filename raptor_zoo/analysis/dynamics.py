@@ -13,15 +13,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..plotting import MODEL_STYLES, finish_figure, plot_token_groups
 from .layout import TokenLayout, check_trajectory, unit
 
 __all__ = [
     "directional_convergence", "angular_speed", "patch_coherence", "update_coherence", "token_dynamics",
     "class_basins", "plot_token_dynamics", "plot_class_basins", "draw_phase_boundaries", "as_labelled",
 ]
-
-GROUP_COLORS = {"cls": "tab:red", "registers": "tab:green", "patches": "tab:blue", "all": "tab:gray"}
-MODEL_STYLES = ("-", "--", ":", "-.")
 
 
 def directional_convergence(trajectory: torch.Tensor) -> np.ndarray:
@@ -158,10 +156,9 @@ def plot_token_dynamics(
     for (label, result), style in zip(labelled.items(), MODEL_STYLES):
         suffix = f" ({label})" if label else ""
         layers = np.asarray(result["layers"])
-        for name, values in result["convergence"].items():
-            axes[0].plot(layers, values, style, color=GROUP_COLORS[name], marker=".", label=name + suffix)
-        for name, values in result["angular_speed"].items():
-            axes[1].plot(layers[1:], np.degrees(values), style, color=GROUP_COLORS[name], marker=".", label=name + suffix)
+        plot_token_groups(axes[0], layers, result["convergence"], style, suffix)
+        plot_token_groups(axes[1], layers[1:], {name: np.degrees(values) for name, values in
+                                                result["angular_speed"].items()}, style, suffix)
         axes[2].plot(layers, result["patch_coherence"], style, color="tab:blue", marker=".", label="states" + suffix)
         axes[2].plot(layers[1:], result["update_coherence"], style, color="tab:orange", marker=".",
                      label="updates Δ" + suffix)
@@ -174,16 +171,7 @@ def plot_token_dynamics(
     axes[1].set_title("angular speed")
     axes[2].set_ylabel("mean ⟨v̂_i, mean direction⟩")
     axes[2].set_title("patch coherence")
-    for ax in axes:
-        ax.set_xlabel("layer ℓ")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return finish_figure(figure, axes, path, title)
 
 
 def plot_class_basins(
@@ -210,14 +198,4 @@ def plot_class_basins(
     axes[1].set_ylabel("nearest class-mean direction accuracy")
     axes[1].set_ylim(0, 1.02)
     axes[1].set_title("basin purity")
-    for ax in axes:
-        ax.set_xlabel("layer ℓ")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return finish_figure(figure, axes, path, title)

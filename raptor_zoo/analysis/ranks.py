@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .dynamics import GROUP_COLORS, MODEL_STYLES, _boundaries_for, as_labelled, draw_phase_boundaries
+from ..plotting import MODEL_STYLES, finish_figure, plot_token_groups
+from .dynamics import _boundaries_for, as_labelled, draw_phase_boundaries
 from .layout import TokenLayout, check_trajectory, unit
 
 __all__ = ["stable_rank", "effective_rank", "update_ranks", "plot_update_ranks"]
@@ -71,9 +72,8 @@ def plot_update_ranks(
         suffix = f" ({label})" if label else ""
         layers = np.asarray(result["layers"])
         for ax, key in zip(axes, ("stable_rank", "effective_rank")):
-            for name, values in result[key].items():
-                ax.plot(layers, values, style, color=GROUP_COLORS[name], marker=".",
-                        label=f"{name} (max {result['max_rank'][name]}){suffix}")
+            plot_token_groups(ax, layers, result[key], style, suffix,
+                              label=lambda name: f"{name} (max {result['max_rank'][name]})")
             draw_phase_boundaries(ax, _boundaries_for(phase_boundaries, label), style)
     kind = "x̂_ℓ − x̂_ℓ−1" if next(iter(labelled.values()))["directions"] else "x_ℓ − x_ℓ−1"
     axes[0].set_ylabel("stable rank ||Δ||_F² / ||Δ||_2²")
@@ -81,13 +81,5 @@ def plot_update_ranks(
     axes[1].set_ylabel("effective rank exp H(σ / Σσ)")
     axes[1].set_title("effective rank")
     for ax in axes:
-        ax.set_xlabel("layer ℓ")
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=110)
-    return figure
+    return finish_figure(figure, axes, path, title)

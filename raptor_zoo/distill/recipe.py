@@ -33,7 +33,7 @@ from typing import Any, Literal, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -62,11 +62,9 @@ from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import (
     CheckpointManager,
     command_line,
-    config_to_dict,
     epoch_dataloader,
-    format_config,
     parse_config,
-    save_config,
+    start_run,
 )
 
 RUN_STATE_FILE = "run_state.json"
@@ -397,23 +395,9 @@ def card_metrics(config: DistillConfig, metrics: dict) -> dict:
 
 
 def training_function(config: DistillConfig) -> dict:
-    accelerator = Accelerator(
-        cpu=config.cpu,
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=config.log_with,
-        project_dir=config.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-    )
-    output_dir = Path(config.output_dir)
-    accelerator.print(format_config(config))
-    if accelerator.is_main_process:
-        save_config(config, output_dir)
-    if config.log_with:
-        accelerator.init_trackers("distill", config=config_to_dict(config))
+    accelerator, output_dir = start_run(config, tracker="distill")
     if accelerator.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # fp32 teacher targets with TF32 matmuls (DESIGN.md §5)
-    set_seed(config.seed)
 
     # data (a missing data directory fails here, first), teacher, loaders at the teacher's data_config
     train_set, eval_set = load_datasets(config)

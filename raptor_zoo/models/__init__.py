@@ -4,7 +4,9 @@ from .raptor_vit import *  # noqa: F401,F403
 from .raptor_timm import *  # noqa: F401,F403
 from .raptor_base import RaptorMixin
 from .configuration_raptor import RaptorConfig
+from .image_processing_raptor import RaptorImageProcessor, register_raptor_image_processor
 from .modeling_raptor import (
     RaptorBackbone, RaptorForImageClassification, RaptorModel, RaptorPreTrainedModel, register_raptor_auto_classes)
 
 register_raptor_auto_classes()
+register_raptor_image_processor()

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.layers import calculate_drop_path_rates
 
+from .hub_mixin import RaptorHubMixin
 from .families import (
     FamilyAdapter, TokenLayout, family_of, in_chans_of, native_img_size, patch_size_of, relax_layers, residual_branches)
 from .recurrent import (
@@ -151,8 +152,9 @@ def make_recurrent(
     model.family_name = family.name
 
 
-class RaptorMixin:
-    """The Raptor surface on top of a family's model class whose `blocks` is a RecurrentBlocks."""
+class RaptorMixin(RaptorHubMixin):
+    """The Raptor surface on top of a family's model class whose `blocks` is a RecurrentBlocks (and the model-level
+    save_pretrained / push_to_hub / from_pretrained of RaptorHubMixin)."""
     blocks: RecurrentBlocks
 
     # ------------------------------------------------------------------ schedule

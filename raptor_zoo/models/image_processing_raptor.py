@@ -1,0 +1,92 @@
+"""transformers image processor of a Raptor folder: timm's eval transform of the model's ``data_config``.
+
+``preprocessor_config.json`` holds the timm data config itself (``input_size``, ``interpolation``, ``mean``,
+``std``, ``crop_pct``, ``crop_mode``) and ``RaptorImageProcessor`` runs ``raptor_zoo.data.build_transform`` on it
+(timm's ``create_transform``, eval mode: resize to ``size / crop_pct``, centre crop, normalise), so
+``AutoImageProcessor`` and the ``image-classification`` / ``image-feature-extraction`` pipelines see exactly the
+tensors timm and raptor_zoo's loaders give the model. transformers' own ``BitImageProcessor`` is close but not
+equal: its centre crop floors odd margins where torchvision rounds them (a one-pixel shift), and its default
+torchvision backend resizes tensors instead of PIL images.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from timm.data import resolve_data_config
+from transformers import AutoImageProcessor
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ImageInput, make_flat_list_of_images
+
+from .configuration_raptor import RaptorConfig
+
+__all__ = ["RaptorImageProcessor", "register_raptor_image_processor"]
+
+_CROP_MODES = ("center", "squash", "border")
+
+
+class RaptorImageProcessor(BaseImageProcessor):
+    """timm's eval transform (``data_config``) as a transformers image processor; returns ``pixel_values``."""
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+            self,
+            input_size: Sequence[int] = (3, 224, 224),
+            interpolation: str = "bicubic",
+            mean: Sequence[float] = (0.485, 0.456, 0.406),
+            std: Sequence[float] = (0.229, 0.224, 0.225),
+            crop_pct: float = 0.875,
+            crop_mode: str = "center",
+            **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(input_size) != 3 or len(mean) != input_size[0] or len(std) != input_size[0]:
+            raise ValueError(f"input_size must be (channels, height, width) with one mean and std per channel, got "
+                             f"input_size={list(input_size)}, mean={list(mean)}, std={list(std)}.")
+        if not 0.0 < crop_pct <= 1.0 or crop_mode not in _CROP_MODES:
+            raise ValueError(f"crop_pct must lie in (0, 1] and crop_mode be one of {_CROP_MODES}, got "
+                             f"crop_pct={crop_pct}, crop_mode={crop_mode!r}.")
+        self.input_size = [int(v) for v in input_size]
+        self.interpolation = interpolation
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.crop_pct = float(crop_pct)
+        self.crop_mode = crop_mode
+
+    @classmethod
+    def from_pretrained_cfg(cls, pretrained_cfg: Mapping[str, Any]) -> "RaptorImageProcessor":
+        """The processor of a timm ``pretrained_cfg`` (as config.json stores it), resolved as timm resolves it."""
+        data_config = resolve_data_config(pretrained_cfg=dict(pretrained_cfg))
+        return cls(**{key: data_config[key] for key in
+                      ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")})
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The timm data config this processor applies."""
+        return dict(input_size=tuple(self.input_size), interpolation=self.interpolation, mean=tuple(self.mean),
+                    std=tuple(self.std), crop_pct=self.crop_pct, crop_mode=self.crop_mode)
+
+    def preprocess(self, images: ImageInput, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
+        """PIL images, arrays or tensors (one or a list) -> ``pixel_values`` [B, C, H, W], normalised."""
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"RaptorImageProcessor returns torch tensors; pass return_tensors='pt', "
+                             f"got {return_tensors!r}.")
+        if kwargs:
+            raise TypeError(f"RaptorImageProcessor takes no preprocessing options {sorted(kwargs)}; its transform "
+                            "is the model's data config (edit preprocessor_config.json to change it).")
+        from ..data import build_transform
+
+        transform = build_transform(self.data_config, is_training=False)
+        mode = "RGB" if self.input_size[0] == 3 else "L"
+        pixels = [transform(to_pil_image(image).convert(mode)) for image in make_flat_list_of_images(images)]
+        return BatchFeature({"pixel_values": torch.stack(pixels)}, tensor_type="pt")
+
+
+def register_raptor_image_processor() -> None:
+    """Register ``RaptorImageProcessor`` for model_type "raptor" with AutoImageProcessor (idempotent)."""
+    AutoImageProcessor.register(
+        RaptorConfig, image_processor_classes={"pil": RaptorImageProcessor, "torchvision": RaptorImageProcessor},
+        exist_ok=True)
