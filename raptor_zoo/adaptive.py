@@ -113,10 +113,14 @@ class RecurrentStepper:
         return self.model.forward_steps(x, step, step + 1)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.norm(x))
+        return self.model.forward_head(self._features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.norm(x), pre_logits=True)
+        return self.model.forward_head(self._features(x), pre_logits=True)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        finish = getattr(self.model, 'finish', None)  # a family's final norm, class attention or neck
+        return finish(x) if finish is not None else self.model.norm(x)
 
 
 class TeacherStepper:
@@ -130,6 +134,11 @@ class TeacherStepper:
         from .teachers import Teacher
 
         self.teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+        if self.teacher.family.name not in ('vit', 'cait', 'sam'):
+            raise NotImplementedError(
+                f'adaptive depth steps a teacher block by block with the state alone; a {self.teacher.family.name} '
+                "teacher's blocks also take per-step arguments (RoPE, relative-position bias, grid), which the "
+                'teacher stepper does not pass yet. Its Raptor steps fine: pass the Raptor.')
         self.depth = self.teacher.depth
         if phase_boundaries is not None:
             phase_boundaries = tuple(int(b) for b in phase_boundaries)
@@ -150,7 +159,7 @@ class TeacherStepper:
         return self.teacher.forward_head_from_state(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher.model.forward_head(self.teacher.model.norm(x), pre_logits=True)
+        return self.teacher.model.forward_head(self.teacher.finish(x), pre_logits=True)
 
 
 def as_stepper(model: Union[nn.Module, DepthStepper], phase_boundaries: Optional[Sequence[int]] = None
