@@ -13,6 +13,7 @@ from raptor_zoo.flops import count_flops, count_params
 from raptor_zoo.models.raptor_vit import (
     RAPTOR_ARCHS, RELAXED_RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit, even_block_schedule, scaled_paper_schedule,
     validate_block_schedule)
+from recorders import assert_drop_rates, record_block_calls, record_drop_rates
 
 IMG = 42  # 3x3 patches of 14 px: keeps the full contract fast on 2 CPU cores
 # representative subset: ViT-S and ViT-B teachers, k = 2 and 3, with and without registers
@@ -238,6 +239,52 @@ def test_drop_path_ramps_over_unrolled_steps():
     assert not torch.allclose(a, b)  # sampled per application in training
     model.eval()
     torch.testing.assert_close(model(x), model(x))
+
+
+DROP_RATE = 0.2
+RAMP = [DROP_RATE * step / 11 for step in range(12)]  # timm's linear ramp over the L = 12 unrolled steps
+
+
+@pytest.mark.parametrize('relax_rank', [0, 2])
+@pytest.mark.parametrize('grad_checkpointing', [False, True])
+def test_each_unrolled_step_drops_at_its_own_rate(relax_rank, grad_checkpointing, monkeypatch):
+    """The rate reaching timm's drop_path at application l is ramp[l], through every depth-indexed entry point."""
+    model = RaptorVisionTransformer(block_schedule=(7, 5), img_size=28, patch_size=14, embed_dim=32, num_heads=2,
+                                    reg_tokens=4, drop_path_rate=DROP_RATE, relax_rank=relax_rank)
+    model.set_grad_checkpointing(grad_checkpointing)
+    model.train()
+    assert model.step_drop_path == pytest.approx(RAMP)
+    x = torch.randn(2, 3, 28, 28)
+    with record_block_calls(model) as blocks, record_drop_rates(model, monkeypatch) as applications:
+        model(x)
+    assert blocks == [0] * 7 + [1] * 5
+    assert_drop_rates(applications, RAMP)
+    with record_drop_rates(model, monkeypatch) as applications:
+        model(x, num_steps=5)
+    assert_drop_rates(applications, RAMP[:5])
+    with record_drop_rates(model, monkeypatch) as applications:
+        model.forward_intermediates(x, indices=[2, 8], stop_early=True)
+    assert_drop_rates(applications, RAMP[:9])
+    with record_drop_rates(model, monkeypatch) as applications:  # one step at a time, as teacher forcing runs them
+        state = model._embed(x)
+        for step in (10, 3):
+            model.forward_steps(state, step, step + 1)
+    assert_drop_rates(applications, [RAMP[10], RAMP[3]])
+    if grad_checkpointing:  # the backward pass recomputes each step at the same rate, last step first
+        with record_drop_rates(model, monkeypatch) as applications:
+            model(x).sum().backward()
+        assert_drop_rates(applications, RAMP + RAMP[::-1])
+    model.eval()
+    with record_drop_rates(model, monkeypatch) as applications:
+        model(x)
+    assert_drop_rates(applications, RAMP, training=False)
+    # pruning keeps the rate of every remaining step
+    model.prune_intermediate_layers(indices=[8])
+    model.train()
+    with record_block_calls(model) as blocks, record_drop_rates(model, monkeypatch) as applications:
+        model.forward_intermediates(x, indices=[8])
+    assert blocks == [0] * 7 + [1] * 2
+    assert_drop_rates(applications, RAMP[:9])
 
 
 @pytest.mark.parametrize('pool', ['token', 'avg', 'cls_avg'])
