@@ -376,7 +376,8 @@ class RaptorVisionTransformer(VisionTransformer):
             **kwargs: Remaining timm VisionTransformer arguments (img_size, patch_size, embed_dim, num_heads, ...).
         """
         if 'block_fn' in kwargs:
-            raise ValueError('RaptorVisionTransformer builds its own blocks; block_fn is not accepted.')
+            raise ValueError('RaptorVisionTransformer builds its own blocks; block_fn is not accepted: drop it and '
+                             "choose the block with block_type='teacher' or 'swiglu'.")
         schedule = validate_block_schedule(block_schedule, depth)
         relax_targets = _check_relax_args(relax_rank, relax_targets)
         kwargs, json_args = _split_layer_args(kwargs)
@@ -428,7 +429,8 @@ class RaptorVisionTransformer(VisionTransformer):
         self.relax = None
         if relax_rank:
             if getattr(self.blocks[0].attn, 'gate', None) is not None:
-                raise ValueError('relax_rank > 0 does not support gated attention blocks.')
+                raise ValueError('relax_rank > 0 does not support gated attention blocks (attn.gate); use relax_rank=0 '
+                                 '(a pure Raptor) for this teacher.')
             dd = {'device': self.patch_embed.proj.weight.device, 'dtype': self.patch_embed.proj.weight.dtype}
             self.relax = nn.ModuleList([
                 StepAdapters(self.blocks[j], relax_rank, relax_targets, **dd) for j in self.step_block_indices])
@@ -584,7 +586,8 @@ class RaptorVisionTransformer(VisionTransformer):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool == 'cls_avg' or (global_pool is None and self.global_pool == 'cls_avg'):
             if not self.has_class_token:
-                raise ValueError("global_pool='cls_avg' needs a class token.")
+                raise ValueError("global_pool='cls_avg' needs a class token and this model has none "
+                                 "(class_token=False); use global_pool='avg' (mean of the patch tokens).")
             self.global_pool = 'cls_avg'
             self.head_hidden_size = 2 * self.embed_dim
             self.num_classes = num_classes
@@ -674,7 +677,8 @@ class RaptorVisionTransformer(VisionTransformer):
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
         if is_causal:
-            raise ValueError('is_causal attention is not supported by Raptor blocks.')
+            raise ValueError('is_causal attention is not supported by Raptor blocks (they attend bidirectionally, as '
+                             'the teacher did); pass is_causal=False, or an attn_mask.')
         reshape = output_fmt == 'NCHW'
         intermediates = []
         take_indices, max_index = feature_take_indices(self.depth, indices)
@@ -780,7 +784,8 @@ def _resolve_schedule(
     if block_schedule is not None and not isinstance(block_schedule, str):
         schedule = validate_block_schedule(block_schedule, depth)
         if k is not None and k != len(schedule):
-            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}.')
+            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}; pass '
+                             f'k={len(schedule)} or leave k out.')
         return schedule, {'schedule_source': 'given'}
     if isinstance(block_schedule, str) and block_schedule != 'auto':
         raise ValueError(f"block_schedule must be a sequence of repeat counts or 'auto', got {block_schedule!r}.")
@@ -895,7 +900,8 @@ def create_raptor_from_vit(
         _check_k(depth, k)
         block_schedule = scaled_paper_schedule(depth, k) if k in PAPER_PHASE_BOUNDARIES else even_block_schedule(depth, k)
     elif k is not None and len(block_schedule) != k:
-        raise ValueError(f'k={k} disagrees with block_schedule {tuple(block_schedule)} of length {len(block_schedule)}.')
+        raise ValueError(f'k={k} disagrees with block_schedule {tuple(block_schedule)} of length '
+                         f'{len(block_schedule)}; pass k={len(block_schedule)} or leave k out.')
     args.update(kwargs)
     model = RaptorVisionTransformer(block_schedule=block_schedule, depth=depth, **args)
     hidden = model.blocks[0].mlp.fc1.out_features
