@@ -61,7 +61,7 @@ def assert_drop_rates(applications: List[List[tuple]], expected: Sequence[float]
         rates = sorted({prob for prob, _ in calls})
         if rate > 0:
             assert calls, f'step {step}: no drop_path call, expected rate {rate}'
-        assert all(abs(prob - rate) <= 1e-6 for prob in rates), f'step {step}: drop_path got rates {rates}, expected {rate}'
+        assert all(abs(prob - rate) <= 1e-6 for prob in rates), f'step {step}: drop_path got {rates}, expected {rate}'
         assert all(flag == training for _, flag in calls), f'step {step}: drop_path got training != {training}'
 
 

@@ -9,7 +9,6 @@ from huggingface_hub import ModelCard
 
 import raptor_zoo  # noqa: F401  (registers the architectures)
 from raptor_zoo import cards, hub
-from raptor_zoo.flops import count_flops
 from raptor_zoo.models.configuration_raptor import RaptorConfig
 from recorders import adapter_flops, counted_flops, depth_scale_flops
 

@@ -90,6 +90,8 @@ def test_swiglu_from_teacher_and_errors(timm_teacher):
         RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule='auto')
     with pytest.raises(ValueError, match='init must be'):
         RaptorVisionTransformer.from_teacher(timm_teacher, k=2, init='median')
+    with pytest.raises(ValueError, match=r'k=3 disagrees with block_schedule \(7, 5\) of length 2; pass k=2 or leave'):
+        RaptorVisionTransformer.from_teacher(timm_teacher, k=3, block_schedule=(7, 5))
 
 
 def test_num_classes_override_keeps_fresh_head():

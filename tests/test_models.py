@@ -401,7 +401,7 @@ def test_error_messages_name_the_problem_and_the_fix():
         model.forward_intermediates(x, output_fmt='NHWC')
     with pytest.raises(ValueError, match=r"is_causal attention is not supported .* pass is_causal=False"):
         model.forward_intermediates(x, is_causal=True)
-    with pytest.raises(ValueError, match=r"k=3 disagrees with block_schedule \(6, 6\) of length 2; pass k=2 or leave k"):
+    with pytest.raises(ValueError, match=r"k=3 disagrees with block_schedule \(6, 6\) of length 2; pass k=2 or leave"):
         create_raptor_from_vit('vit_tiny_patch16_224', k=3, block_schedule=(6, 6), img_size=32)
     with pytest.raises(ValueError, match=r"block_fn is not accepted: drop it and choose the block with block_type"):
         RaptorVisionTransformer(block_fn=nn.Identity, **tiny)
