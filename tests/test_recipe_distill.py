@@ -170,7 +170,8 @@ def _changed(before, after, prefix):
 
 
 def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monkeypatch, tmp_path):
-    # which unique blocks each stage's training applies, and on which segment of layers it trains them
+    # which unique blocks each stage trains (the optimiser gets the parameters that require gradients) and applies,
+    # and on which segment of layers
     stages = []
     task_class = recipe.TrajectoryDistillationTask
 
@@ -179,7 +180,8 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monke
         for handle in stages[-1]["handles"] if stages else []:
             handle.remove()
         applied = set()
-        stages.append({"segment": task.segment, "applied": applied, "handles": [
+        trainable = {j for j, block in enumerate(student.blocks) if any(p.requires_grad for p in block.parameters())}
+        stages.append({"segment": task.segment, "trainable": trainable, "applied": applied, "handles": [
             block.register_forward_pre_hook(
                 lambda module, args, j=j: applied.add(j) if module.training and torch.is_grad_enabled() else None)
             for j, block in enumerate(student.blocks)]})
@@ -192,8 +194,8 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monke
     assert [stage["name"] for stage in full["training"]["stages"]] == ["phase_0", "phase_1", "joint"]
     assert [entry["stage"] for entry in full["history"]] == ["phase_0", "phase_1"]
     # stage 1 trains each block alone on its own segment (layers 0..2, then 2..4); stage 2 chains both over 0..4
-    assert [(stage["segment"], stage["applied"]) for stage in stages] == [
-        ((0, 2), {0}), ((2, 4), {1}), ((0, 4), {0, 1})]
+    assert [(stage["segment"], stage["trainable"], stage["applied"]) for stage in stages] == [
+        ((0, 2), {0}, {0}), ((2, 4), {1}, {1}), ((0, 4), {0, 1}, {0, 1})]
     step = {n: load_file(str(tmp_path / "full" / "checkpoints" / f"step_{n}" / "model.safetensors"))
             for n in range(1, 7)}
     assert _changed(step[1], step[2], "blocks.0.") and not _changed(step[1], step[2], "blocks.1.")  # phase_0
