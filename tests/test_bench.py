@@ -18,6 +18,7 @@ from raptor_zoo.bench import (
     plot_throughput, ratio_stats, resolve_bench_settings, summarise_latencies, write_json, write_markdown)
 from raptor_zoo.flops import count_flops, count_params
 from raptor_zoo.models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer
+from recorders import adapter_flops, depth_scale_flops
 
 IMG = 16  # 2x2 patches of 8 px
 
@@ -188,28 +189,35 @@ def test_writers_produce_files(compare_rows, tmp_path):
 
 @pytest.mark.parametrize('teacher', sorted({spec['teacher'] for spec in RAPTOR_ARCHS.values()}))
 def test_flop_parity_of_every_registered_pair(teacher):
-    """With the teacher's block type a Raptor runs the teacher's FLOPs: ratio 1.000 +- 0.005 at 224 px."""
+    """With the teacher's block type a Raptor runs the teacher's FLOPs plus its depth-scale MLPs', exactly."""
     with torch.device('meta'):
-        teacher_flops = count_flops(timm.create_model(teacher, img_size=224), (3, 224, 224))
+        teacher_model = timm.create_model(teacher, img_size=224)
+        teacher_flops = count_flops(teacher_model, (3, 224, 224))
         for arch in [a for a, spec in RAPTOR_ARCHS.items() if spec['teacher'] == teacher]:
             raptor = timm.create_model(arch)
             assert raptor.block_type == 'teacher' and raptor.num_unique_blocks == RAPTOR_ARCHS[arch]['k']
-            assert count_flops(raptor, (3, 224, 224)) / teacher_flops == pytest.approx(1.0, abs=5e-3), arch
+            excess = depth_scale_flops(teacher_model.embed_dim, len(teacher_model.blocks))
+            assert count_flops(raptor, (3, 224, 224)) == teacher_flops + excess, arch
 
 
 def test_flops_row_reports_swiglu_and_depth_scale():
     row = flops_row('raptor_vit_small_patch14_reg4_dinov2_k2')
     assert row['teacher'] == 'vit_small_patch14_reg4_dinov2' and row['block_schedule'] == [7, 5]
-    assert row['flops_ratio'] == pytest.approx(1.0, abs=5e-3)
+    excess = depth_scale_flops(384, 12)
+    assert row['depth_scale_flops'] == excess
+    assert row['raptor_gflops'] * 1e9 == pytest.approx(row['teacher_gflops'] * 1e9 + excess, rel=1e-12, abs=0)
+    assert row['flops_ratio'] == pytest.approx(1 + excess / (row['teacher_gflops'] * 1e9), rel=1e-12)
     assert 1.25 < row['swiglu_flops_ratio'] < 1.40  # the paper's block is ~1.3x heavier
-    assert 0 < row['depth_scale_flops_fraction'] < 1e-3 and row['depth_scale_params'] > 0
+    # 16 + 3D outputs' weights and biases per block: Linear(1 -> 16) and Linear(16 -> 3D), in each of the k = 2 blocks
+    assert row['depth_scale_params'] == 2 * (16 + 16 + 16 * 3 * 384 + 3 * 384)
     assert row['raptor_params'] < row['swiglu_params'] < row['teacher_params']
     assert row['block_params_ratio'] == pytest.approx(
         row['raptor_block_params'] / row['teacher_block_params'])
     # a module is counted from its architecture; its teacher comes from the argument (or raptor_meta)
     model = timm.create_model('raptor_vit_small_patch14_reg4_dinov2_k2', img_size=56)
     module_row = flops_row(model, teacher='vit_small_patch14_reg4_dinov2', img_size=56)
-    assert module_row['flops_ratio'] == pytest.approx(1.0, abs=5e-3) and module_row['img_size'] == 56
+    assert module_row['depth_scale_flops'] == excess and module_row['img_size'] == 56
+    assert module_row['flops_ratio'] == pytest.approx(1 + excess / (module_row['teacher_gflops'] * 1e9), rel=1e-12)
     with pytest.raises(ValueError, match='pass teacher='):
         flops_row(model)
     with pytest.raises(ValueError, match='Unknown Raptor arch'):
@@ -258,4 +266,9 @@ def test_relaxed_arch_rows_count_the_adapters():
     row = flops_row('raptor_vit_small_patch14_reg4_dinov2_k2_r4')
     assert row['relax_rank'] == 4 and row['teacher'] == 'vit_small_patch14_reg4_dinov2'
     assert row['relax_params'] == 16 * 4 * 384 * 12  # DESIGN.md §4: 16 r D per step, all four layers adapted
-    assert 0.005 < row['relax_flops_fraction'] < 0.02 and row['flops_ratio'] > 1.005
+    with torch.device('meta'):
+        teacher = timm.create_model('vit_small_patch14_reg4_dinov2', img_size=224)
+    adapters = adapter_flops(teacher.blocks[0], 4, ('qkv', 'proj', 'fc1', 'fc2'), 1 + 4 + 16 * 16, 12)
+    assert row['relax_flops'] == adapters
+    excess = depth_scale_flops(384, 12) + adapters
+    assert row['flops_ratio'] == pytest.approx(1 + excess / (row['teacher_gflops'] * 1e9), rel=1e-12)

@@ -90,8 +90,25 @@ def test_swiglu_from_teacher_and_errors(timm_teacher):
         RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule='auto')
     with pytest.raises(ValueError, match='init must be'):
         RaptorVisionTransformer.from_teacher(timm_teacher, k=2, init='median')
+    with pytest.raises(ValueError, match=r'k=3 disagrees with block_schedule \(7, 5\) of length 2; pass k=2 or leave'):
+        RaptorVisionTransformer.from_teacher(timm_teacher, k=3, block_schedule=(7, 5))
 
 
-def test_num_classes_override_keeps_fresh_head(timm_teacher):
-    raptor = RaptorVisionTransformer.from_teacher(timm_teacher, block_schedule=(7, 5), num_classes=4)
-    assert raptor(torch.randn(1, 3, IMG, IMG)).shape == (1, 4)
+def test_num_classes_override_keeps_fresh_head():
+    """The digits teacher has a 10-class head: a 4-class Raptor gets a fresh head and everything else as usual."""
+    teacher = load_teacher('digits-vit')
+    usual = RaptorVisionTransformer.from_teacher(teacher, block_schedule=(5, 7))
+    raptor = RaptorVisionTransformer.from_teacher(teacher, block_schedule=(5, 7), num_classes=4)
+    assert raptor(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    torch.testing.assert_close(usual.head.weight, teacher.model.head.weight)  # same class count: copied
+    assert raptor.head.weight.shape == (4, 128)
+    for rows in (teacher.model.head.weight[:4], teacher.model.head.weight[-4:]):
+        assert not torch.allclose(raptor.head.weight, rows)
+    assert not torch.allclose(raptor.head.bias, teacher.model.head.bias[:4])
+    # the blocks (from the teacher's phase layers), embedding and norms are those of the usual Raptor; only the
+    # depth-scale MLPs' first layers are random (their zero second layers make them identity gates)
+    state = raptor.state_dict()
+    for name, value in usual.state_dict().items():
+        if not name.startswith('head.') and 'depth_scale.fc1' not in name:
+            torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(raptor.blocks[1].mlp.fc1.weight, teacher.blocks[5 + 3].mlp.fc1.weight)

@@ -162,11 +162,46 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(run_recipe, tm
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, tmp_path):
+def _changed(before, after, prefix):
+    """Whether any tensor whose key contains `prefix` differs between two checkpoints' weights."""
+    keys = [key for key in before if prefix in key]
+    assert keys, prefix
+    return any(not torch.equal(before[key], after[key]) for key in keys)
+
+
+def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monkeypatch, tmp_path):
+    # which unique blocks each stage trains (the optimiser gets the parameters that require gradients) and applies,
+    # and on which segment of layers
+    stages = []
+    task_class = recipe.TrajectoryDistillationTask
+
+    def recording_task(student, teacher, **kwargs):
+        task = task_class(student, teacher, **kwargs)
+        for handle in stages[-1]["handles"] if stages else []:
+            handle.remove()
+        applied = set()
+        trainable = {j for j, block in enumerate(student.blocks) if any(p.requires_grad for p in block.parameters())}
+        stages.append({"segment": task.segment, "trainable": trainable, "applied": applied, "handles": [
+            block.register_forward_pre_hook(
+                lambda module, args, j=j: applied.add(j) if module.training and torch.is_grad_enabled() else None)
+            for j, block in enumerate(student.blocks)]})
+        return task
+
+    monkeypatch.setattr(recipe, "TrajectoryDistillationTask", recording_task)
     two_stage = ["--schedule", "two_stage", "--block-schedule", "2", "2", "--max-steps", "2", "--eval-every", "2"]
-    full = run_recipe(two_stage + ["--output-dir", tmp_path / "full"])
+    full = run_recipe(two_stage + ["--output-dir", tmp_path / "full", "--checkpoint-every", "1",
+                                   "--keep-checkpoints", "6"])
     assert [stage["name"] for stage in full["training"]["stages"]] == ["phase_0", "phase_1", "joint"]
     assert [entry["stage"] for entry in full["history"]] == ["phase_0", "phase_1"]
+    # stage 1 trains each block alone on its own segment (layers 0..2, then 2..4); stage 2 chains both over 0..4
+    assert [(stage["segment"], stage["trainable"], stage["applied"]) for stage in stages] == [
+        ((0, 2), {0}, {0}), ((2, 4), {1}, {1}), ((0, 4), {0, 1}, {0, 1})]
+    step = {n: load_file(str(tmp_path / "full" / "checkpoints" / f"step_{n}" / "model.safetensors"))
+            for n in range(1, 7)}
+    assert _changed(step[1], step[2], "blocks.0.") and not _changed(step[1], step[2], "blocks.1.")  # phase_0
+    assert not _changed(step[2], step[4], "blocks.0.") and _changed(step[2], step[4], "blocks.1.")  # phase_1
+    assert _changed(step[4], step[6], "blocks.0.") and _changed(step[4], step[6], "blocks.1.")  # joint
+    assert not any(_changed(step[1], step[6], name) for name in ("patch_embed.", "norm.", "head."))
     # stop in the middle of phase_1 (and of its first epoch: 5 batches of 8 per epoch), then resume
     stopped = run_recipe(two_stage + ["--output-dir", tmp_path / "part", "--max-steps-this-run", "3"])
     assert stopped == {"global_step": 3, "stopped_early": True}
@@ -175,7 +210,6 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, tmp_path):
     resumed = run_recipe(two_stage + ["--output-dir", tmp_path / "part", "--resume", "latest"])
     assert resumed["training"]["steps"] == 6
     assert_same_weights(tmp_path / "full", tmp_path / "part")
-    # stage 1 trained each block only on its own segment; the card and config record the schedule
     config = json.loads((tmp_path / "part" / "config.json").read_text())
     assert config["block_schedule"] == [2, 2]
 

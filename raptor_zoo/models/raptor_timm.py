@@ -218,7 +218,8 @@ def _resolve_schedule(
     if block_schedule is not None and not isinstance(block_schedule, str):
         schedule = validate_block_schedule(block_schedule, depth)
         if k is not None and k != len(schedule):
-            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}.')
+            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}; pass '
+                             f'k={len(schedule)} or leave k out.')
         return schedule, {'schedule_source': 'given'}
     if isinstance(block_schedule, str) and block_schedule != 'auto':
         raise ValueError(f"block_schedule must be a sequence of repeat counts or 'auto', got {block_schedule!r}.")

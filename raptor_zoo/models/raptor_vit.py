@@ -132,6 +132,12 @@ def _check_img_size(img_size: Any, patch_size: Any, dynamic_img_pad: bool) -> No
             f'(e.g. {tuple(s // p * p for s, p in zip(sizes, patches))}) or dynamic_img_pad=True.')
 
 
+def _check_not_causal(is_causal: bool) -> None:
+    if is_causal:
+        raise ValueError('is_causal attention is not supported by Raptor blocks (they attend bidirectionally, as '
+                         'the teacher did); pass is_causal=False, or an attn_mask.')
+
+
 class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
     """ Raptor Vision Transformer: timm's VisionTransformer with k shared blocks applied on `block_schedule`.
 
@@ -172,8 +178,9 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
         """
         if 'block_fn' in kwargs:
             raise ValueError(
-                'RaptorVisionTransformer builds timm Blocks itself; block_fn is not accepted. For a teacher with '
-                'other blocks (ResPostBlock, parallel blocks, ...) use raptor_zoo.from_teacher(teacher, ...).')
+                "RaptorVisionTransformer builds its own blocks; block_fn is not accepted: drop it and choose the block "
+                "with block_type='teacher' or 'swiglu'. For a teacher with other blocks (ResPostBlock, parallel "
+                "blocks, ...) use raptor_zoo.from_teacher(teacher, ...).")
         schedule = validate_block_schedule(block_schedule, depth)
         relax_targets = check_relax_args(relax_rank, relax_targets)
         kwargs, json_args = _split_layer_args(kwargs)
@@ -197,7 +204,8 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
             **kwargs,
         )
         if relax_rank and getattr(self.blocks[0].attn, 'gate', None) is not None:
-            raise ValueError('relax_rank > 0 does not support gated attention blocks.')
+            raise ValueError('relax_rank > 0 does not support gated attention blocks (attn.gate); use relax_rank=0 '
+                             '(a pure Raptor) for this teacher.')
         make_recurrent(self, list(self.blocks), schedule, t_scale=t_scale, drop_path_rate=drop_path_rate,
                        relax_rank=relax_rank, relax_targets=relax_targets)
         # JSON-able constructor arguments: RaptorVisionTransformer(**model_args) rebuilds this architecture
@@ -281,7 +289,8 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool == 'cls_avg' or (global_pool is None and self.global_pool == 'cls_avg'):
             if not self.has_class_token:
-                raise ValueError("global_pool='cls_avg' needs a class token.")
+                raise ValueError("global_pool='cls_avg' needs a class token and this model has none "
+                                 "(class_token=False); use global_pool='avg' (mean of the patch tokens).")
             self.global_pool = 'cls_avg'
             self.head_hidden_size = 2 * self.embed_dim
             self.num_classes = num_classes
@@ -315,6 +324,7 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
         """ timm's VisionTransformer.forward_intermediates, indexed by the L unrolled block applications."""
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        _check_not_causal(is_causal)
         return super().forward_intermediates(
             x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early,
             output_fmt=output_fmt, intermediates_only=intermediates_only, output_dict=output_dict,
@@ -339,6 +349,7 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
             is_causal: bool = False,
     ) -> torch.Tensor:
         """Embed, run the first `num_steps` (default all L) block applications, final norm."""
+        _check_not_causal(is_causal)
         with self.limit_steps(num_steps):
             return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
 
@@ -453,7 +464,8 @@ def create_raptor_from_vit(
         check_k(depth, k)
         block_schedule = scaled_paper_schedule(depth, k) if k in PAPER_PHASE_BOUNDARIES else even_block_schedule(depth, k)
     elif k is not None and len(block_schedule) != k:
-        raise ValueError(f'k={k} disagrees with block_schedule {tuple(block_schedule)} of length {len(block_schedule)}.')
+        raise ValueError(f'k={k} disagrees with block_schedule {tuple(block_schedule)} of length '
+                         f'{len(block_schedule)}; pass k={len(block_schedule)} or leave k out.')
     args.update(kwargs)
     model = RaptorVisionTransformer(block_schedule=block_schedule, depth=depth, **args)
     hidden = model.blocks[0].mlp.fc1.out_features
