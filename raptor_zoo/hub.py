@@ -98,7 +98,7 @@ def _core_and_config(model: nn.Module) -> tuple[RaptorVisionTransformer, RaptorC
     """The timm Raptor inside ``model`` and, for a transformers Raptor, its config."""
     if isinstance(model, RaptorVisionTransformer):
         return model, None
-    core = getattr(model, "raptor", None)
+    core = model.to_timm() if callable(getattr(model, "to_timm", None)) else None
     if isinstance(core, RaptorVisionTransformer) and isinstance(getattr(model, "config", None), RaptorConfig):
         return core, model.config
     raise TypeError(
