@@ -212,7 +212,11 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         output["model_args"] = self.timm_model_args(num_classes=num_classes)
         output["pretrained_cfg"] = self._timm_pretrained_cfg(num_classes)
         id2label = output.pop("id2label", None) or {}
-        output.pop("label2id", None)
+        label2id = output.pop("label2id", None)
+        if num_classes != self.num_labels:
+            # a headless save of a labelled config: timm reads no head, transformers keeps the labels, so a
+            # classifier loaded from the folder builds (and reports as missing) a head of that size
+            output.update(id2label=id2label, label2id=label2id)
         names = [id2label[i] for i in sorted(id2label)]
         if num_classes and len(names) == num_classes and names != [f"LABEL_{i}" for i in range(num_classes)]:
             output["label_names"] = names
