@@ -189,11 +189,12 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "RaptorConfig":
         """Read a config.json written by raptor_zoo or transformers; timm's ``num_classes`` / ``label_names``
-        give ``num_labels`` / ``id2label`` unless those are passed."""
+        give ``num_labels`` / ``id2label`` unless those are passed or stored (a headless save of a labelled
+        config stores them)."""
         config_dict = dict(config_dict)
         label_names = config_dict.pop("label_names", None)
         num_classes = config_dict.pop("num_classes", None)
-        if "num_labels" not in kwargs and "id2label" not in kwargs and "id2label" not in config_dict:
+        if not {"num_labels", "id2label"} & (set(kwargs) | set(config_dict)):
             if label_names:
                 kwargs["id2label"] = dict(enumerate(label_names))
                 if len(set(label_names)) == len(label_names):
@@ -216,7 +217,7 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         if num_classes != self.num_labels:
             # a headless save of a labelled config: timm reads no head, transformers keeps the labels, so a
             # classifier loaded from the folder builds (and reports as missing) a head of that size
-            output.update(id2label=id2label, label2id=label2id)
+            output.update(num_labels=self.num_labels, id2label=id2label, label2id=label2id)
         names = [id2label[i] for i in sorted(id2label)]
         if num_classes and len(names) == num_classes and names != [f"LABEL_{i}" for i in range(num_classes)]:
             output["label_names"] = names
