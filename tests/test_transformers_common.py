@@ -14,8 +14,6 @@ import unittest
 from unittest import mock
 
 import pytest
-
-import torch
 from torch import nn
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import torch_device
@@ -237,4 +235,3 @@ def test_mixins_ran_against_the_raptor_classes():
     assert len(model_tests) > 150 and "test_training_gradient_checkpointing_use_reentrant_true" in model_tests
     assert "test_attention_outputs" in model_tests and "test_torch_export" in model_tests
     assert "test_backbone_outputs" in backbone_tests
-    assert torch.nn.Module in RaptorModel.__mro__
