@@ -39,6 +39,9 @@ _timm_tests = _import_timm_tests()
 _RAPTOR_TEST_NAMES = []
 for _name in dir(_timm_tests):
     _test = getattr(_timm_tests, _name)
+    if hasattr(_test, "_fixture_function_marker"):  # timm's module-level fixtures (cfg_device)
+        globals()[_name] = _test
+        continue
     if not _name.startswith("test_") or not callable(_test):
         continue
     _params = [mark for mark in getattr(_test, "pytestmark", []) if mark.name == "parametrize"
