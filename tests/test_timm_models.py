@@ -1,10 +1,11 @@
 """timm's own tests/test_models.py (timm 1.0.31, vendored under tests/third_party/timm_tests) over the Raptor archs.
 
 timm's module parametrizes every test with ``timm.list_models(...)`` calls made at import. It is imported here with
-``list_models`` answering only the Raptor archs under test, so each test keeps timm's own selection (its exclude
-filters, ``name_matches_cfg``, module filters, the non-standard-model filters) but over Raptors instead of every
-timm model. Raptors of ViT-B at 224 px are heavy for CPU CI (forward, backward, TorchScript and FX at full size),
-so the whole module is ``slow``; ``test_timm_selects_the_raptor_archs`` (default run) checks the selection.
+``list_models`` answering only for the Raptor archs under test, each classified as timm classifies its teacher
+ViT: each test keeps timm's own selection (exclude filters, module filters, the non-standard-model filters that
+send ViTs to ``test_model_default_cfgs_non_std``) but over Raptors instead of every timm model. Raptors of ViT-B
+at 224 px are heavy for CPU CI (forward, backward, TorchScript and FX at full size), so timm's tests are ``slow``;
+``test_timm_selects_the_raptor_archs`` (default run) checks the selection.
 """
 import importlib
 import sys
@@ -14,6 +15,7 @@ import pytest
 import timm
 
 import raptor_zoo  # noqa: F401  (registers the raptor_* archs with timm)
+from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
 
 RAPTOR_ARCHS_UNDER_TEST = (
     "raptor_vit_small_patch14_reg4_dinov2_k2",
@@ -24,9 +26,16 @@ _TIMM_TESTS = "third_party.timm_tests.test_models"
 _list_models = timm.list_models
 
 
-def _list_raptor_models(*args, **kwargs):
-    """timm.list_models with timm's own filters, restricted to the Raptor archs under test."""
-    return [name for name in _list_models(*args, **kwargs) if name in RAPTOR_ARCHS_UNDER_TEST]
+def _list_raptor_models(filter="", module="", pretrained=False, exclude_filters="", name_matches_cfg=False,
+                        include_tags=None):
+    """timm.list_models answered for the Raptor archs under test as timm answers for their teachers: a Raptor is a
+    timm VisionTransformer, so timm's ViT rules (its non-standard-model filters, its forward_intermediates module
+    list, its exclude filters) classify it; pretrained and name_matches_cfg are the Raptor's own answers."""
+    teachers = {name.split(".")[0] for name in _list_models(
+        filter=filter, module=module, exclude_filters=exclude_filters, include_tags=include_tags)}
+    own = set(_list_models("raptor_*", pretrained=pretrained, name_matches_cfg=name_matches_cfg))
+    return [arch for arch in RAPTOR_ARCHS_UNDER_TEST
+            if REGISTERED_RAPTOR_ARCHS[arch]["teacher"] in teachers and arch in own]
 
 
 def _import_timm_tests():
@@ -55,8 +64,10 @@ def test_timm_selects_the_raptor_archs():
     """Which of timm's model tests take the Raptor archs, by timm's own filters (fixed_input_size, registers ...)."""
     for arch in RAPTOR_ARCHS_UNDER_TEST:
         assert timm.get_pretrained_cfg_value(arch, "fixed_input_size") is True  # the model asserts its input size
-    assert {"test_model_forward", "test_model_backward", "test_model_default_cfgs", "test_model_forward_torchscript",
-            "test_model_forward_features", "test_model_forward_fx", "test_model_backward_fx"} <= set(_RAPTOR_TEST_NAMES)
+    assert {"test_model_forward", "test_model_backward", "test_model_default_cfgs_non_std",
+            "test_model_forward_torchscript", "test_model_forward_intermediates", "test_model_forward_fx",
+            "test_model_backward_fx", "test_prune_intermediate_layers_contract"} <= set(_RAPTOR_TEST_NAMES)
+    assert "test_model_default_cfgs" not in _RAPTOR_TEST_NAMES  # timm's standard-CNN cfg test skips ViTs
     selected = [mark.args[1] for mark in _timm_tests.test_model_forward.pytestmark if mark.name == "parametrize"
                 and mark.args[0] == "model_name"][0]
     assert sorted(selected) == sorted(RAPTOR_ARCHS_UNDER_TEST)
