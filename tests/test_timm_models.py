@@ -45,6 +45,17 @@ def _import_timm_tests():
 
 
 _timm_tests = _import_timm_tests()
+# timm's prune contract ends by asserting that a model pruned to tap i has no parameter left without a gradient. A
+# Raptor's prune_intermediate_layers shortens the schedule but keeps all k unique blocks and all L step adapters,
+# so that a pruned model still loads its full checkpoint (tests/test_models.py::test_prune_shortens_schedule_not_blocks,
+# tests/test_relax.py): the blocks after the tap stay unused. timm exempts its own models that leave unreached
+# branches unused (CoaT, CrossViT, HRNet: ``partial_branches``) from exactly that check; strict, so a Raptor prune that
+# drops unreached blocks makes this test pass and fail here until the mark goes.
+_EXPECTED_FAILURES = {
+    "test_prune_intermediate_layers_contract": (
+        "Raptor pruning keeps the unreached unique blocks and step adapters (full checkpoint still loads); timm "
+        "exempts models leaving unreached branches unused (partial_branches: CoaT, CrossViT, HRNet) from this check"),
+}
 _RAPTOR_TEST_NAMES = []
 for _name in dir(_timm_tests):
     _test = getattr(_timm_tests, _name)
@@ -56,7 +67,10 @@ for _name in dir(_timm_tests):
     _params = [mark for mark in getattr(_test, "pytestmark", []) if mark.name == "parametrize"
                and mark.args[0] == "model_name"]
     if _params and set(_params[0].args[1]) & set(RAPTOR_ARCHS_UNDER_TEST):
-        globals()[_name] = pytest.mark.slow(_test)  # timm's function, its own marks and parametrization
+        _test = pytest.mark.slow(_test)  # timm's function, its own marks and parametrization
+        if _name in _EXPECTED_FAILURES:
+            _test = pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EXPECTED_FAILURES[_name])(_test)
+        globals()[_name] = _test
         _RAPTOR_TEST_NAMES.append(_name)
 
 
