@@ -115,7 +115,7 @@ def _core_and_config(model: nn.Module) -> tuple[RaptorMixin, RaptorConfig | None
                 "see; load the teacher with raptor_zoo.load_teacher('<timm name>', **create_kwargs) so the "
                 "arguments are recorded, then call from_teacher again.")
         return model, None
-    core = getattr(model, "raptor", None)
+    core = model.to_timm() if callable(getattr(model, "to_timm", None)) else None
     if isinstance(core, RaptorMixin) and isinstance(getattr(model, "config", None), RaptorConfig):
         return core, model.config
     raise TypeError(

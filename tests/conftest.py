@@ -2,6 +2,18 @@
 import pytest
 from huggingface_hub import constants
 
+# library test code vendored for tests/test_transformers_common.py and tests/test_timm_models.py, not tests itself
+collect_ignore_glob = ["third_party/*"]
+# the marks timm's and transformers' vendored tests carry (their own CI picks test groups by them)
+LIBRARY_TEST_MARKS = (
+    "base", "cfg", "cfg_nonstd", "forward", "backward", "torchscript", "features", "fxforward", "fxbackward",
+    "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test")
+
+
+def pytest_configure(config):
+    for mark in LIBRARY_TEST_MARKS:
+        config.addinivalue_line("markers", f"{mark}: test group of timm's / transformers' own test suites")
+
 
 @pytest.fixture(autouse=True)
 def isolated_hf_hub(tmp_path_factory, monkeypatch):

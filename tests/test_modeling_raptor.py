@@ -2,6 +2,7 @@
 and ConfigTester (tests/ is not in the wheel) on tiny configs."""
 import inspect
 import json
+from unittest import mock
 import subprocess
 import sys
 
@@ -11,9 +12,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 import raptor_zoo  # noqa: F401  (registers "raptor" with the Auto classes)
 from raptor_zoo.flops import count_params
+from raptor_zoo.models.attention_maps import attention_maps
 from raptor_zoo.models.configuration_raptor import RaptorConfig
 from raptor_zoo.models.modeling_raptor import (
     RaptorBackbone, RaptorForImageClassification, RaptorModel, RaptorPreTrainedModel, register_raptor_auto_classes)
@@ -114,10 +117,12 @@ def test_model_is_small_and_metadata():
     for model_class in ALL_MODEL_CLASSES:
         model = model_class(config)
         assert count_params(model) < 1_000_000
-        assert model.base_model_prefix == "raptor" and isinstance(model.base_model, RaptorVisionTransformer)
+        base_class = RaptorModel if model_class is RaptorForImageClassification else RaptorVisionTransformer
+        assert model.base_model_prefix == "raptor" and type(model.base_model) is base_class
+        assert isinstance(model.core, RaptorVisionTransformer) and model.core.num_classes == 0
         assert model.main_input_name == "pixel_values"
         assert list(inspect.signature(model.forward).parameters)[0] == "pixel_values"
-        assert model.raptor.num_unique_blocks == config.k <= 2
+        assert model.core.num_unique_blocks == config.k <= 2
 
 
 def test_hidden_states_follow_dinov2_conventions():
@@ -160,7 +165,9 @@ def test_save_load_round_trip_writes_timm_keys(model_class, tmp_path):
     model = _make(model_class, config)
     model.save_pretrained(tmp_path)
     keys = set(safetensors.torch.load_file(tmp_path / "model.safetensors"))
-    assert keys == set(model.raptor.state_dict())  # the documented mapping: HF key = "raptor." + timm key
+    timm_keys = set(model.to_timm().state_dict())
+    assert keys == timm_keys  # the documented mapping: HF key = "raptor." + timm key (+ base prefix for heads)
+    assert ("head.weight" in keys) == (model_class is RaptorForImageClassification)
     assert not any(key.startswith("blocks.2") for key in keys)
     reloaded = model_class.from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
@@ -171,29 +178,34 @@ def test_save_load_round_trip_writes_timm_keys(model_class, tmp_path):
                 assert torch.allclose(x, y, atol=1e-5)
     # the folder is a timm folder too, with num_classes describing the head actually saved
     timm_model = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-    assert timm_model.num_classes == model.raptor.num_classes
+    assert timm_model.num_classes == model.num_saved_classes
     with torch.no_grad():
         assert torch.allclose(timm_model.forward_features(inputs["pixel_values"]),
-                              model.raptor.forward_features(inputs["pixel_values"]), atol=1e-5)
+                              model.core.forward_features(inputs["pixel_values"]), atol=1e-5)
+        if model_class is RaptorForImageClassification:
+            assert torch.allclose(timm_model(inputs["pixel_values"]), model(**inputs).logits, atol=1e-5)
 
 
 def test_auto_classes_and_base_model_loading(tmp_path):
     config, inputs = TESTER.prepare_config_and_inputs_for_common()
     classifier = _make(RaptorForImageClassification, config)
     classifier.save_pretrained(tmp_path)
-    base = AutoModel.from_pretrained(tmp_path)
+    base, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]  # the head is skipped on purpose, quietly
     assert type(base) is RaptorModel and type(AutoModelForImageClassification.from_pretrained(tmp_path)) \
         is RaptorForImageClassification
     assert type(AutoBackbone.from_config(config)) is RaptorBackbone
     with torch.no_grad():
         assert torch.allclose(base(**inputs).last_hidden_state,
-                              classifier.raptor.forward_features(inputs["pixel_values"]), atol=1e-5)
+                              classifier.core.forward_features(inputs["pixel_values"]), atol=1e-5)
     base.save_pretrained(tmp_path / "base")
     assert json.loads((tmp_path / "base" / "config.json").read_text())["num_classes"] == 0  # no head was saved
     loaded, info = RaptorForImageClassification.from_pretrained(
         tmp_path / "base", num_labels=3, output_loading_info=True)
-    assert sorted(info["missing_keys"]) == ["raptor.head.bias", "raptor.head.weight"]
-    assert torch.isfinite(loaded.raptor.head.weight).all() and loaded.raptor.head.weight.std() < 0.1
+    assert sorted(info["missing_keys"]) == ["head.bias", "head.weight"] and not info["unexpected_keys"]
+    assert torch.isfinite(loaded.head.weight).all() and loaded.head.weight.std() < 0.1
+    for key, value in base.state_dict().items():  # the base weights land under the base model prefix
+        assert torch.equal(loaded.state_dict()[f"raptor.{key}"], value), key
 
 
 def test_load_with_mismatched_head(tmp_path):
@@ -202,7 +214,7 @@ def test_load_with_mismatched_head(tmp_path):
     with pytest.raises(Exception, match="(?i)size|shape"):
         RaptorForImageClassification.from_pretrained(tmp_path, num_labels=5)
     model = RaptorForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
-    assert model.raptor.head.out_features == 5 and model.config.num_labels == 5
+    assert model.head.out_features == 5 and model.config.num_labels == 5
 
 
 def test_backbone_feature_maps_channels_and_stage_selection():
@@ -248,12 +260,15 @@ def test_pooling_matches_timm(global_pool):
     config = TESTER.get_config(global_pool=global_pool)
     model = _make(RaptorForImageClassification, config)
     expected_in = 2 * TESTER.hidden_size if global_pool == "cls_avg" else TESTER.hidden_size
-    assert model.raptor.head.in_features == expected_in
+    assert model.head.in_features == expected_in
     with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, model.raptor(inputs["pixel_values"]))
+        assert torch.equal(model(**inputs).logits, model.to_timm()(inputs["pixel_values"]))
 
 
-def test_training_and_gradient_checkpointing():
+@pytest.mark.parametrize("checkpointing_kwargs", [None, {"use_reentrant": True}, {"use_reentrant": False}])
+def test_training_and_gradient_checkpointing(checkpointing_kwargs):
+    """transformers' convention: every unrolled step is a RaptorStep (GradientCheckpointingLayer) run through the
+    checkpoint function transformers hands it, with the requested use_reentrant; gradients equal the plain ones."""
     config, inputs = TESTER.prepare_config_and_inputs_for_common()
     labels = torch.tensor([0, 1])
     model = _make(RaptorForImageClassification, config).train()
@@ -263,15 +278,28 @@ def test_training_and_gradient_checkpointing():
     assert all(g is not None for g in grads.values())
     assert not model.is_activation_checkpointing
     model.zero_grad()
-    model.activation_checkpointing_enable()
-    assert model.raptor.grad_checkpointing and model.is_activation_checkpointing
-    checkpointed = model(**inputs, labels=labels).loss
-    checkpointed.backward()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs)
+    step_layer = model.raptor.step
+    assert isinstance(step_layer, GradientCheckpointingLayer) and step_layer.gradient_checkpointing
+    assert not model.core.grad_checkpointing  # transformers checkpoints the steps, the core does not again
+    reentrant = []
+    checkpoint_func = step_layer._gradient_checkpointing_func
+    assert checkpoint_func.keywords == (checkpointing_kwargs or {"use_reentrant": False})
+
+    def spy(function, *args, **kwargs):
+        reentrant.append(checkpoint_func.keywords["use_reentrant"])
+        return checkpoint_func(function, *args, **kwargs)
+
+    with mock.patch.object(step_layer, "_gradient_checkpointing_func", side_effect=spy) as patched:
+        checkpointed = model(**inputs, labels=labels).loss
+        checkpointed.backward()
+    assert patched.call_count == config.num_hidden_layers  # one checkpoint per block application, L of them
+    assert set(reentrant) == {(checkpointing_kwargs or {}).get("use_reentrant", False)}
     assert torch.allclose(checkpointed, loss)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, grads[name], atol=1e-6), name
     model.activation_checkpointing_disable()
-    assert not model.raptor.grad_checkpointing
+    assert not step_layer.gradient_checkpointing and not model.is_activation_checkpointing
 
 
 def test_no_tied_or_aliased_weights():
@@ -297,16 +325,38 @@ def test_fresh_init_is_exact_depth_scaling_and_small_tokens():
     assert meta_model.raptor.cls_token.is_meta
 
 
-def test_attentions_are_not_returned_and_eager_matches_sdpa(tmp_path):
+def test_attentions_are_the_per_step_maps_and_eager_matches_sdpa(tmp_path):
+    """output_attentions returns L maps (hidden_states has L + 1): the probabilities each step used, equal to
+    the timm-side helper's, for every class and for a relaxed Raptor."""
     config, inputs = TESTER.prepare_config_and_inputs_for_common()
     _make(RaptorModel, config).save_pretrained(tmp_path)
     sdpa = AutoModel.from_pretrained(tmp_path)
     eager = AutoModel.from_pretrained(tmp_path, attn_implementation="eager")
+    tokens = 1 + TESTER.num_register_tokens + (TESTER.image_size // TESTER.patch_size) ** 2
     with torch.no_grad():
         assert torch.allclose(sdpa(**inputs).last_hidden_state, eager(**inputs).last_hidden_state, atol=1e-5)
         assert not eager.raptor.blocks[0].attn.fused_attn
-        with pytest.raises(ValueError, match="attention weights"):
-            sdpa(**inputs, output_attentions=True)
+        outputs = sdpa(**inputs, output_attentions=True, output_hidden_states=True)
+        assert sdpa.raptor.blocks[0].attn.fused_attn is False  # the maps are those the blocks computed with
+        reference = attention_maps(sdpa.raptor, inputs["pixel_values"])
+    assert len(outputs.attentions) == config.num_hidden_layers == len(outputs.hidden_states) - 1 == 3
+    for step_map, expected in zip(outputs.attentions, reference):
+        assert step_map.shape == (TESTER.batch_size, 2, tokens, tokens)
+        assert torch.allclose(step_map.sum(-1), torch.ones(()), atol=1e-5)
+        assert torch.allclose(step_map, expected, atol=1e-5)
+    # the two applications of block 0 attend differently (their inputs differ), so L maps are not k maps
+    assert not torch.allclose(outputs.attentions[0], outputs.attentions[1], atol=1e-4)
+    for model_class in (RaptorForImageClassification, RaptorBackbone):
+        with torch.no_grad():
+            maps = _make(model_class, config)(**inputs, output_attentions=True).attentions
+        assert len(maps) == config.num_hidden_layers
+    relaxed = _make(RaptorModel, TESTER.get_config(model_args={"init_values": 1e-5, "no_embed_class": True,
+                                                               "relax_rank": 2}))
+    with torch.no_grad():
+        relaxed_maps = relaxed(**inputs, output_attentions=True).attentions
+        relaxed_reference = attention_maps(relaxed.raptor, inputs["pixel_values"])
+    for step_map, expected in zip(relaxed_maps, relaxed_reference, strict=True):
+        assert torch.allclose(step_map, expected, atol=1e-6)
 
 
 def test_registration_is_idempotent_and_happens_on_import():

@@ -197,11 +197,12 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "RaptorConfig":
         """Read a config.json written by raptor_zoo or transformers; timm's ``num_classes`` / ``label_names``
-        give ``num_labels`` / ``id2label`` unless those are passed."""
+        give ``num_labels`` / ``id2label`` unless those are passed or stored (a headless save of a labelled
+        config stores them)."""
         config_dict = dict(config_dict)
         label_names = config_dict.pop("label_names", None)
         num_classes = config_dict.pop("num_classes", None)
-        if "num_labels" not in kwargs and "id2label" not in kwargs and "id2label" not in config_dict:
+        if not {"num_labels", "id2label"} & (set(kwargs) | set(config_dict)):
             if label_names:
                 kwargs["id2label"] = dict(enumerate(label_names))
                 if len(set(label_names)) == len(label_names):
@@ -220,7 +221,11 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         output["model_args"] = self.timm_model_args(num_classes=num_classes)
         output["pretrained_cfg"] = self._timm_pretrained_cfg(num_classes)
         id2label = output.pop("id2label", None) or {}
-        output.pop("label2id", None)
+        label2id = output.pop("label2id", None)
+        if num_classes != self.num_labels:
+            # a headless save of a labelled config: timm reads no head, transformers keeps the labels, so a
+            # classifier loaded from the folder builds (and reports as missing) a head of that size
+            output.update(num_labels=self.num_labels, id2label=id2label, label2id=label2id)
         names = [id2label[i] for i in sorted(id2label)]
         if num_classes and len(names) == num_classes and names != [f"LABEL_{i}" for i in range(num_classes)]:
             output["label_names"] = names

@@ -1,19 +1,30 @@
 """Raptor models for transformers: RaptorModel, RaptorForImageClassification, RaptorBackbone.
 
-Every class wraps the same nn core, the timm ``RaptorVisionTransformer``, stored as ``self.raptor``
-(``base_model_prefix``), so that one Hub folder loads in raptor_zoo, timm and transformers.
+``RaptorModel`` and ``RaptorBackbone`` wrap the nn core, a headless timm ``RaptorVisionTransformer``, stored as
+``self.raptor``. ``RaptorForImageClassification`` is built on a ``RaptorModel`` (``self.raptor``, the
+``base_model_prefix``) with timm's classifier ``self.head`` beside it, as transformers builds DINOv2's heads; its
+``to_timm()`` gives the complete timm model (head included) sharing the same tensors.
 
 **Key mapping (the only one):** ``model.safetensors`` holds the timm state_dict; transformers key = ``"raptor." +``
 timm key. It is registered as a checkpoint conversion for model_type "raptor" (``PrefixChange``), applied when
-loading and reversed when saving, so ``save_pretrained`` writes timm keys again. ``RaptorModel`` and
-``RaptorBackbone`` build the core without a classifier: a folder's ``head.*`` tensors are unexpected for them and
-skipped, as transformers does for a base model loaded from a task checkpoint.
+loading and reversed when saving, so ``save_pretrained`` writes timm keys again. On top of it transformers applies
+its own ``base_model_prefix`` rule: a head class holds the base model's keys one ``raptor.`` level deeper
+(``raptor.raptor.blocks.0...``) and timm's ``head.*`` as its own ``head.*``. ``RaptorModel`` and ``RaptorBackbone``
+loading a classifier folder skip its ``head.*`` quietly (``_keys_to_ignore_on_load_unexpected``), as a base model
+does from a task checkpoint; any other unexpected or missing tensor is reported.
 
 Conventions of ``Dinov2Model``: ``output_hidden_states=True`` returns the L + 1 unrolled states (``[0]`` the
 embeddings after cls, registers and position embedding, ``[l]`` the raw output of block application l),
-``last_hidden_state`` is the final-normed last state, ``pooler_output`` the normed cls token. Attention weights are
-not returned (the blocks use scaled-dot-product attention); ``attn_implementation`` "eager" switches the blocks to
+``last_hidden_state`` is the final-normed last state, ``pooler_output`` the normed cls token.
+``output_attentions=True`` returns the L per-step attention probabilities [B, heads, N, N] (one per block
+application, as ``hidden_states`` has L + 1 entries); it runs the blocks' explicit softmax attention for that call,
+whose probabilities are the ones the output is computed from (a relaxed Raptor's adapted attention runs fused: its
+maps are recomputed, see ``attention_maps.attention_probs``). ``attn_implementation`` "eager" switches the blocks to
 explicit softmax attention, "sdpa" (default) to the fused kernel.
+
+Gradient checkpointing follows transformers: each unrolled step runs through ``RaptorStep``, a
+``GradientCheckpointingLayer``, so ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` (e.g.
+``{"use_reentrant": True}``) and the checkpoint function transformers passes in are what checkpoint each step.
 """
 
 from typing import Any
@@ -31,18 +42,50 @@ from transformers import (
 from transformers.backbone_utils import BackboneMixin
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import PrefixChange
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 
+from .attention_maps import attention_probs
 from .configuration_raptor import RaptorConfig
 from .raptor_vit import DepthScale, RaptorVisionTransformer
 
 __all__ = [
     "RaptorPreTrainedModel",
+    "RaptorStep",
     "RaptorModel",
     "RaptorForImageClassification",
     "RaptorBackbone",
     "register_raptor_auto_classes",
 ]
+
+
+class RaptorStep(GradientCheckpointingLayer):
+    """One unrolled step: block ``step_block_indices[step]`` of the core applied at depth ``step + 1``.
+
+    It owns no parameters (the k blocks are the core's); it is the unit transformers checkpoints. Returns the next
+    state and, with ``output_attentions``, that step's attention probabilities.
+    """
+
+    def forward(
+            self,
+            hidden_states: torch.Tensor,
+            core: RaptorVisionTransformer,
+            step: int,
+            output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not output_attentions:
+            return core.forward_steps(hidden_states, step, step + 1), None
+        block = core.unique_blocks[core.step_block_indices[step]]
+        used_probs: list[torch.Tensor] = []
+        # the explicit-softmax branch of timm's Attention passes its probabilities through attn_drop
+        handle = block.attn.attn_drop.register_forward_hook(lambda module, args, output: used_probs.append(output))
+        try:
+            next_states = core.forward_steps(hidden_states, step, step + 1)
+        finally:
+            handle.remove()
+        if used_probs:
+            return next_states, used_probs[-1]
+        return next_states, attention_probs(block, hidden_states, core.step_adapters(step))
 
 
 class RaptorPreTrainedModel(PreTrainedModel):
@@ -53,13 +96,14 @@ class RaptorPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["RaptorBlock"]
+    _no_split_modules = ["Block"]
     _supports_sdpa = True
     model_tags = ["raptor", "timm"]
     accepts_loss_kwargs = False
 
-    def _build_raptor(self, num_classes: int) -> RaptorVisionTransformer:
-        core = RaptorVisionTransformer(**self.config.timm_model_args(num_classes=num_classes))
+    def _build_raptor(self) -> RaptorVisionTransformer:
+        """The headless timm core (the classifier head, when there is one, is the head class's own module)."""
+        core = RaptorVisionTransformer(**self.config.timm_model_args(num_classes=0))
         for module in core.modules():
             if isinstance(module, DepthScale):
                 # zero last layer: a fresh Raptor block is exactly its init block (marked on the Linear itself,
@@ -94,77 +138,88 @@ class RaptorPreTrainedModel(PreTrainedModel):
                 init.normal_(module.reg_token, std=1e-6)
 
     @property
-    def gradient_checkpointing(self) -> bool:
-        """Whether the wrapped Raptor checkpoints its block applications (non-reentrant)."""
-        return self.raptor.grad_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enable: bool) -> None:
-        self.raptor.set_grad_checkpointing(enable)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, *args: Any, **kwargs: Any) -> None:
-        # the core checkpoints each block application itself (torch.utils.checkpoint, use_reentrant=False)
-        self.raptor.set_grad_checkpointing(enable)
+    def core(self) -> RaptorVisionTransformer:
+        """The wrapped headless timm Raptor."""
+        return self.raptor if isinstance(self.raptor, RaptorVisionTransformer) else self.raptor.core
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.raptor.patch_embed
+        return self.core.patch_embed
+
+    def _timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This model's state_dict with timm keys (the documented mapping, reversed)."""
+        core_prefix = "raptor.raptor." if isinstance(self.raptor, RaptorModel) else "raptor."
+        return {key.removeprefix(core_prefix): value for key, value in state_dict.items()}
+
+    @property
+    def num_saved_classes(self) -> int:
+        """Classes of the timm head this model saves (0: none)."""
+        return 0
+
+    def to_timm(self) -> RaptorVisionTransformer:
+        """The timm Raptor this model saves (with the classifier head for a head class), sharing its tensors."""
+        return self.core
 
     def save_pretrained(self, save_directory: Any, *, state_dict: dict | None = None, **kwargs: Any) -> Any:
-        """transformers' save_pretrained writing the Hub folder layout: model.safetensors holds timm keys (the
-        ``"raptor."`` prefix removed, also for models not loaded by from_pretrained) and config.json's timm keys
-        describe the head actually saved."""
-        prefix = f"{self.base_model_prefix}."
-        state_dict = self.state_dict() if state_dict is None else state_dict
-        state_dict = {key.removeprefix(prefix): value for key, value in state_dict.items()}
-        self.config._saved_num_classes = self.raptor.num_classes
+        """transformers' save_pretrained writing the Hub folder layout: model.safetensors holds timm keys (also for
+        models not loaded by from_pretrained) and config.json's timm keys describe the head actually saved."""
+        state_dict = self._timm_state_dict(self.state_dict() if state_dict is None else state_dict)
+        self.config._saved_num_classes = self.num_saved_classes
         try:
             return super().save_pretrained(save_directory, state_dict=state_dict, **kwargs)
         finally:
             del self.config._saved_num_classes
 
-    def _use_fused_attention(self) -> None:
-        fused = self.config._attn_implementation != "eager"
-        for block in self.raptor.blocks:
+    def _use_fused_attention(self, fused: bool) -> None:
+        for block in self.core.unique_blocks:
             block.attn.fused_attn = fused
 
     def _trajectory(
             self,
             pixel_values: torch.Tensor,
             output_hidden_states: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Last raw state and, if asked, all L + 1 states (embeddings, then each block application's output)."""
+            output_attentions: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Last raw state, all L + 1 states if asked (embeddings, then each step's output) and the L per-step
+        attention maps if asked."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: a normalised image batch of shape (batch, channels, H, W).")
         if pixel_values.ndim != 4:
             raise ValueError(
                 f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}.")
-        self._use_fused_attention()
-        core = self.raptor
+        # returned attention maps must be the probabilities the blocks used: explicit softmax for that call
+        self._use_fused_attention(self.config._attn_implementation != "eager" and not output_attentions)
+        core = self.core
         x = core._embed(pixel_values.to(dtype=core.patch_embed.proj.weight.dtype))
-        if not output_hidden_states:
-            return core.forward_steps(x, 0, core.depth), None
-        states = [x]
+        states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
         for step in range(core.depth):
-            x = core.forward_steps(x, step, step + 1)
-            states.append(x)
-        return x, tuple(states)
+            x, probs = self.step(x, core=core, step=step, output_attentions=output_attentions)
+            if states is not None:
+                states.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        return (x, tuple(states) if states is not None else None,
+                tuple(attentions) if attentions is not None else None)
 
-    def _resolve_flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
-        return (self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-                self.config.return_dict if return_dict is None else return_dict)
-
-    @staticmethod
-    def _check_attentions(output_attentions: bool | None) -> None:
-        if output_attentions:
-            raise ValueError("Raptor blocks do not return attention weights; call with output_attentions=False.")
+    def _resolve_flags(
+            self, output_hidden_states: bool | None, output_attentions: bool | None, return_dict: bool | None,
+    ) -> tuple[bool, bool, bool]:
+        config = self.config
+        return (config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+                config.output_attentions if output_attentions is None else output_attentions,
+                config.return_dict if return_dict is None else return_dict)
 
 
 class RaptorModel(RaptorPreTrainedModel):
     """Bare Raptor: normed token states and pooled cls token, no classifier."""
 
+    # a classifier folder's timm head (timm key head.*), skipped when a base model loads it
+    _keys_to_ignore_on_load_unexpected = [r"^raptor\.head\."]
+
     def __init__(self, config: RaptorConfig) -> None:
         super().__init__(config)
-        self.raptor = self._build_raptor(num_classes=0)
+        self.raptor = self._build_raptor()
+        self.step = RaptorStep()
         self.post_init()
 
     def forward(
@@ -179,29 +234,51 @@ class RaptorModel(RaptorPreTrainedModel):
         Args:
             pixel_values: normalised images (batch, channels, height, width).
             output_hidden_states: return the L + 1 unrolled states (``[0]`` = embeddings).
+            output_attentions: return the L per-step attention probabilities (batch, heads, tokens, tokens).
         """
-        self._check_attentions(output_attentions)
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        last, hidden_states = self._trajectory(pixel_values, output_hidden_states)
+        output_hidden_states, output_attentions, return_dict = self._resolve_flags(
+            output_hidden_states, output_attentions, return_dict)
+        last, hidden_states, attentions = self._trajectory(pixel_values, output_hidden_states, output_attentions)
         sequence_output = self.raptor.norm(last)
         if self.raptor.has_class_token:
             pooled_output = sequence_output[:, 0]
         else:
             pooled_output = sequence_output[:, self.raptor.num_prefix_tokens:].mean(dim=1)
         if not return_dict:
-            return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states)
+            return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output,
+                                          hidden_states=hidden_states, attentions=attentions)
 
 
 class RaptorForImageClassification(RaptorPreTrainedModel):
-    """Raptor with its classifier; pooling is ``config.global_pool`` (token, avg or cls_avg), as in timm."""
+    """A ``RaptorModel`` with timm's classifier on top; pooling is ``config.global_pool`` (token, avg or cls_avg)."""
 
     def __init__(self, config: RaptorConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.raptor = self._build_raptor(num_classes=config.num_labels)
+        self.raptor = RaptorModel(config)
+        head_width = self.raptor.raptor.head_hidden_size
+        self.head = nn.Linear(head_width, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
+
+    @property
+    def num_saved_classes(self) -> int:
+        return self.num_labels
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def to_timm(self) -> RaptorVisionTransformer:
+        """A timm Raptor with this classifier's head, built on the meta device and given this model's tensors."""
+        with torch.device("meta"):
+            model = RaptorVisionTransformer(**self.config.timm_model_args(num_classes=self.num_labels))
+        model.load_state_dict(self._timm_state_dict(self.state_dict()), strict=True, assign=True)
+        core = self.core
+        model.raptor_meta = dict(core.raptor_meta)
+        if getattr(core, "pretrained_cfg", None):
+            model.pretrained_cfg = dict(core.pretrained_cfg)
+        model.train(self.training)
+        return model
 
     def forward(
             self,
@@ -218,25 +295,28 @@ class RaptorForImageClassification(RaptorPreTrainedModel):
             labels: class indices (single-label), multi-hot targets (multi-label) or values (regression); the
                 loss follows ``config.problem_type`` as in transformers.
             output_hidden_states: return the L + 1 unrolled states (``[0]`` = embeddings).
+            output_attentions: return the L per-step attention probabilities (batch, heads, tokens, tokens).
         """
-        self._check_attentions(output_attentions)
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        last, hidden_states = self._trajectory(pixel_values, output_hidden_states)
-        logits = self.raptor.forward_head(self.raptor.norm(last))
+        _, _, return_dict = self._resolve_flags(output_hidden_states, output_attentions, return_dict)
+        outputs = self.raptor(pixel_values, output_hidden_states=output_hidden_states,
+                              output_attentions=output_attentions, return_dict=True)
+        logits = self.head(self.core.forward_head(outputs.last_hidden_state, pre_logits=True))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, outputs.hidden_states, outputs.attentions) if v is not None)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class RaptorBackbone(BackboneMixin, RaptorPreTrainedModel):
     """Raptor as a backbone: feature maps of the selected unrolled states (``stem``, ``stage1`` .. ``stageL``)."""
 
-    has_attentions = False
+    _keys_to_ignore_on_load_unexpected = [r"^raptor\.head\."]
 
     def __init__(self, config: RaptorConfig) -> None:
         super().__init__(config)
-        self.raptor = self._build_raptor(num_classes=0)
+        self.raptor = self._build_raptor()
+        self.step = RaptorStep()
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
         self.post_init()
 
@@ -252,10 +332,11 @@ class RaptorBackbone(BackboneMixin, RaptorPreTrainedModel):
         Args:
             pixel_values: normalised images (batch, channels, height, width).
             output_hidden_states: also return the L + 1 unrolled states.
+            output_attentions: also return the L per-step attention probabilities.
         """
-        self._check_attentions(output_attentions)
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        _, hidden_states = self._trajectory(pixel_values, output_hidden_states=True)
+        output_hidden_states, output_attentions, return_dict = self._resolve_flags(
+            output_hidden_states, output_attentions, return_dict)
+        _, hidden_states, attentions = self._trajectory(pixel_values, True, output_attentions)
         batch_size, _, height, width = pixel_values.shape
         grid = self.raptor.patch_embed.dynamic_feat_size((height, width))
         feature_maps = ()
@@ -268,9 +349,10 @@ class RaptorBackbone(BackboneMixin, RaptorPreTrainedModel):
                 state = state[:, self.raptor.num_prefix_tokens:]
                 state = state.reshape(batch_size, *grid, -1).permute(0, 3, 1, 2).contiguous()
             feature_maps += (state,)
+        hidden_states = hidden_states if output_hidden_states else None
         if not return_dict:
-            return (feature_maps, hidden_states) if output_hidden_states else (feature_maps,)
-        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None)
+            return tuple(v for v in (feature_maps, hidden_states, attentions) if v is not None)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=attentions)
 
 
 def register_raptor_auto_classes() -> None:
