@@ -313,7 +313,8 @@ class Teacher(nn.Module):
                     raise _StopForward
             return hook
 
-        handles = [self.blocks[0].register_forward_pre_hook(record_input, with_kwargs=True)]
+        # first in line: when state 0 is the last one needed, no other hook sees a block call that never runs
+        handles = [self.blocks[0].register_forward_pre_hook(record_input, with_kwargs=True, prepend=True)]
         for layer in range(1, last + 1):
             handles.append(self.blocks[layer - 1].register_forward_hook(record_output(layer), with_kwargs=True))
         try:

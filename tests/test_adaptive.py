@@ -79,7 +79,7 @@ def _mixed_threshold(model, images, criterion: str = 'confidence', early_steps: 
 
 
 def _count_block_batches(model) -> tuple[list[int], list]:
-    blocks = model.blocks
+    blocks = getattr(model, "unique_blocks", None) or model.blocks  # each shared block once (a Raptor hands out L views)
     sizes: list[int] = []
     handles = [block.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0])) for block in blocks]
     return sizes, handles

@@ -178,9 +178,14 @@ def test_embedded_entry_loads_from_package_data_without_network(saved, tmp_path,
 def test_list_models_covers_the_zoo():
     rows = raptor_zoo.list_models()
     names = [row["name"] for row in rows]
-    assert len(rows) == 25 == len(set(names))
+    frontier = {f"{stem}-k{k}" for k in (2, 3, 4) for stem in (
+        *(f"raptor-dinov3-{s}" for s in ("small", "small-plus", "base", "large", "huge-plus", "7b")),
+        *(f"raptor-eva02-{s}" for s in ("small", "base", "large")),
+        *(f"raptor-pe-core-{s}" for s in ("small", "base", "large")), "raptor-siglip-base")}
+    assert len(rows) == 25 + 39 == len(set(names))
     assert {f"raptor-dinov2-{s}{r}-k{k}" for s in ("small", "base", "large", "giant")
-            for r in ("", "-reg") for k in (2, 3, 4)} | {"raptor-digits-k2"} == set(names)
+            for r in ("", "-reg") for k in (2, 3, 4)} | {"raptor-digits-k2"} | frontier == set(names)
+    assert all(not row["published"] for row in rows if row["name"] in frontier)
     paper = next(row for row in rows if row["name"] == "raptor-dinov2-base-reg-k2")
     assert paper["aliases"] == ["raptor-dinov2-k2"]
     assert paper["block_schedule"] == (7, 5) and paper["schedule_source"] == "paper"
