@@ -41,16 +41,16 @@ from raptor_zoo.distill.recipe import DistillConfig, training_function
 from raptor_zoo.downstream import topk_accuracy, train_linear_probe
 from raptor_zoo.hub import load_pretrained
 from raptor_zoo.models.raptor_vit import cls_avg_pool
-from raptor_zoo.phases import discover, phase_ranges
+from raptor_zoo.phases import discover, phase_ranges, plot_distance_matrix
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_PHASES = {2: (7, 5), 3: (7, 3, 2), 4: (4, 3, 3, 2)}  # DINOv2-B (ImageNet), the paper's Fig. 2
-# skimage.data photographs shipped with scikit-image (others need a download and are left out)
-PHOTO_NAMES = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-               "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "colorwheel",
-               "logo", "horse", "stereo_motorcycle", "lily", "eagle", "skin", "microaneurysms", "kidney", "cell")
+# the skimage.data images shipped inside scikit-image (the others are fetched on first use, which fails offline)
+PHOTO_NAMES = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
+               "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon",
+               "page", "retina", "rocket", "stereo_motorcycle", "text")
 
 
 def _load_study_digits():
@@ -187,10 +187,7 @@ def natural_photos(quick: bool) -> tuple[list[str], list[Any]]:
     names, images = [], []
     for name in PHOTO_NAMES:
         loader = getattr(skimage.data, name, None)
-        try:
-            array = loader() if loader is not None else None
-        except Exception:  # needs a download (pooch), not available offline
-            continue
+        array = loader() if loader is not None else None
         if name == "stereo_motorcycle" and array is not None:
             array = array[0]  # (left, right, disparity): the left photo
         if array is None or np.asarray(array).ndim not in (2, 3):
@@ -225,12 +222,10 @@ def _schedules(result) -> dict[int, list]:
             for row in result.scores}
 
 
-def phase_set(teacher, images: torch.Tensor, config: StudyRealConfig, label: str, out_dir: Path) -> dict[str, Any]:
-    """Phases for k = 2..max on ``images``, its heatmap, and the schedules of ``--subsets`` disjoint subsets."""
+def phase_set(teacher, images: torch.Tensor, config: StudyRealConfig, label: str) -> dict[str, Any]:
+    """Phases for k = 2..max on ``images`` and the schedules of ``--subsets`` disjoint subsets."""
     max_k = min(max(config.phase_ks), teacher.depth)
     result = discover(teacher, images, k=2, max_k=max_k, progress=False)
-    result.teacher = f"{config.teacher_label}, {label}"
-    result.plot(out_dir / f"phases_{label.split()[0]}.png")
     full = _schedules(result)
     subset_schedules = []
     for chunk in torch.tensor_split(torch.randperm(len(images), generator=torch.Generator().manual_seed(0)),
@@ -249,18 +244,15 @@ def phase_set(teacher, images: torch.Tensor, config: StudyRealConfig, label: str
 
 
 def run_phases(config: StudyRealConfig) -> dict[str, Any]:
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(config.teacher, img_size=config.photo_img_size)
     names, photos = natural_photos(config.quick)
     transform = build_transform(teacher.data_config, is_training=False)
     photo_set = phase_set(teacher, torch.stack([transform(p) for p in photos]), config,
-                          f"photos ({len(photos)} skimage.data images, {config.photo_img_size} px)", out_dir)
+                          f"photos ({len(photos)} skimage.data images, {config.photo_img_size} px)")
     photo_set["photo_names"] = names
     teacher = load_teacher(config.teacher, img_size=config.img_size)
     images, _ = mnist_images(config, "train", config.phase_images, teacher.data_config)
-    mnist_set = phase_set(teacher, images, config, f"mnist ({config.phase_images} train images, {config.img_size} px)",
-                          out_dir)
+    mnist_set = phase_set(teacher, images, config, f"mnist ({config.phase_images} train images, {config.img_size} px)")
     agreement = {k: photo_set["schedules"][k] == mnist_set["schedules"].get(k) for k in photo_set["schedules"]}
     return {"name": "phases", "kind": "phases", "teacher": config.teacher_label, "depth": teacher.depth,
             "photos": photo_set, "mnist": mnist_set, "photos_equal_mnist": agreement}
@@ -440,6 +432,15 @@ def plot_report(config: StudyRealConfig, records: dict[str, dict], out_dir: Path
     import matplotlib.pyplot as plt
 
     written = []
+    phases = records.get("phases")
+    for image_set in ("photos", "mnist") if phases else ():
+        entry = phases[image_set]
+        schedule = entry["schedules"]["2"]
+        boundaries = [int(b) for b in np.cumsum([0, *schedule])] if all(isinstance(n, int) for n in schedule) else None
+        title = f"{config.teacher_label}, {image_set} at {entry['img_size'][0]} px: k=2 {tuple(schedule)}"
+        figure = plot_distance_matrix(entry["distance"], boundaries, title=title, metric="cls_patchmean")
+        figure.savefig(out_dir / f"phases_{image_set}.png", dpi=110, bbox_inches="tight")
+        written.append(f"phases_{image_set}.png")
     raptors = [r for r in records.values() if r.get("kind") == "raptor"]
     if raptors:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
