@@ -160,6 +160,17 @@ def teacher_facts(teacher: str | None) -> dict[str, Any]:
     return facts
 
 
+def _measured_on(metrics: Mapping[str, Any]) -> str:
+    """What was measured on the evaluation images: accuracy, or only fidelity (a headless teacher), or nothing."""
+    if not metrics.get("num_eval_images"):
+        return ""
+    if any(metrics.get(key) is not None for key in ("teacher_accuracy", "raptor_accuracy")):
+        return f" Accuracy measured on {metrics['num_eval_images']} images."
+    if metrics.get("fidelity") is not None:
+        return f" Fidelity measured on {metrics['num_eval_images']} images; accuracy not measured."
+    return ""
+
+
 def _check_metrics(metrics: Mapping[str, Any] | None, depth: int) -> dict[str, Any]:
     metrics = dict(metrics or {})
     unknown = sorted(set(metrics) - set(METRIC_FIELDS))
@@ -378,7 +389,7 @@ def render_model_card(
     comparison_note = (
         "Parameters and FLOPs are counted with `torch.utils.flop_counter` on the meta device (FLOPs = 2 x MACs, "
         "attention included); the other rows are measurements and read \"not measured\" where none was made."
-        + (f" Accuracy measured on {metrics['num_eval_images']} images." if metrics.get("num_eval_images") else ""))
+        + _measured_on(metrics))
 
     limitations = []
     source = config.schedule_source

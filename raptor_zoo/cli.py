@@ -29,7 +29,8 @@ def _add_phases_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--teacher', default='digits-vit',
                         help='timm name, Hub repo id, local folder or embedded name (default: digits-vit)')
     parser.add_argument('--data', default='digits',
-                        help="'digits', an imagefolder directory or a Hub dataset name (default: digits)")
+                        help="'digits', a folder of images (flat or in class sub-folders) or a Hub dataset name "
+                             "(default: digits)")
     parser.add_argument('--split', default='train', help='dataset split (default: train)')
     parser.add_argument('--k', type=int, default=2, help='number of phases / unique blocks (default: 2)')
     parser.add_argument('--max-k', '--max_k', dest='max_k', type=int, default=None,
@@ -73,7 +74,7 @@ def phases_command(args: argparse.Namespace) -> int:
     if not 1 <= args.k <= teacher.depth:
         raise SystemExit(f'--k {args.k} is out of range for {teacher.name} (depth {teacher.depth}); '
                          f'use 1 <= k <= {teacher.depth}.')
-    dataset = load_image_dataset(args.data, split=args.split)
+    dataset = load_image_dataset(args.data, split=args.split, labels=False)  # photos need no class folders
     loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False,
                            seed=args.seed)
     result = discover(

@@ -173,6 +173,7 @@ def load_image_dataset(
         image_column: str = "image",
         label_column: str = "label",
         unreadable: Literal["skip", "raise"] = "skip",
+        labels: bool = True,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """An image classification dataset with columns ``image`` and ``label``, from one of three sources.
 
@@ -186,6 +187,10 @@ def load_image_dataset(
     warning giving their count and the first file names (map-style: checked once up front, cached by
     ``datasets``; streaming: checked on the fly, one warning per skipped file). ``unreadable="raise"`` raises
     ``OSError`` naming them instead.
+
+    A held-out ``split`` the source lacks (``validation`` of a train/test folder) falls back, with a warning, to
+    its only held-out split; any other missing split raises ValueError naming the splits that exist.
+    ``labels=False`` accepts unlabelled images (a flat folder of photos): a missing label column reads -1.
     """
     if unreadable not in ("skip", "raise"):
         raise ValueError(f"unreadable must be 'skip' or 'raise', got {unreadable!r}.")
@@ -195,14 +200,24 @@ def load_image_dataset(
         return dataset.to_iterable_dataset() if streaming else dataset
     path = Path(source).expanduser()
     if path.is_dir():
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+        load_args: dict[str, Any] = dict(path="imagefolder", data_dir=str(path))
     elif path.exists() or _looks_like_path(source):
         raise FileNotFoundError(
             f"No image directory at {source!r}. Expected 'digits' (the embedded data), an existing directory of "
             f"class sub-folders (loaded as an imagefolder), or a Hub dataset id such as 'org/name'.")
     else:
-        dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+        load_args = dict(path=source)
+    try:
+        dataset = datasets.load_dataset(**load_args, split=split, streaming=streaming)
+    except ValueError as err:
+        if "Unknown split" not in str(err):
+            raise
+        split = _existing_split(source, split, list(datasets.get_dataset_split_names(**load_args)))
+        dataset = datasets.load_dataset(**load_args, split=split, streaming=streaming)
     column_names = dataset.column_names
+    if column_names is not None and not labels and label_column not in column_names:
+        dataset = dataset.map(lambda example: {label_column: -1})
+        column_names = [*column_names, label_column]
     if column_names is not None:
         missing = [name for name in (image_column, label_column) if name not in column_names]
         if missing:
@@ -215,6 +230,21 @@ def load_image_dataset(
     if path.is_dir():
         dataset = _drop_unreadable_images(dataset, "image", path, unreadable)
     return dataset
+
+
+HELD_OUT_SPLITS = ("validation", "valid", "val", "test")
+"""Split names that hold held-out images; a missing one falls back to the only one a source has."""
+
+
+def _existing_split(source: str, split: str, available: list[str]) -> str:
+    """``split`` if ``source`` has it, else its only held-out split (with a warning), else a ValueError."""
+    held_out = [name for name in available if name in HELD_OUT_SPLITS]
+    if split in HELD_OUT_SPLITS and len(held_out) == 1:
+        _logger.warning("%s has no %r split; using its held-out split %r (its splits: %s).",
+                        source, split, held_out[0], ", ".join(available))
+        return held_out[0]
+    raise ValueError(f"{source!r} has no split {split!r}; its splits are {available}. Name one of them "
+                     "(e.g. --eval-split / --train-split / --split).")
 
 
 _REQUIRED_DATA_CONFIG_KEYS = ("input_size", "mean", "std")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -703,6 +704,31 @@ class PhaseResult:
         return paths
 
 
+def _is_path_list(images: Any) -> bool:
+    return isinstance(images, (list, tuple)) and bool(images) and all(
+        isinstance(image, (str, os.PathLike)) for image in images)
+
+
+def _path_batches(
+        paths: Sequence[str | os.PathLike], data_config: Mapping[str, Any], batch_size: int, device: torch.device,
+) -> Iterable[torch.Tensor]:
+    """Batches of the image files ``paths``, normalised at the teacher's ``data_config`` (its eval transform)."""
+    from PIL import Image
+
+    from .data import build_transform
+
+    missing = [os.fspath(path) for path in paths if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} image paths do not exist, first: {missing[:3]}.")
+    transform = build_transform(dict(data_config), is_training=False)
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            with Image.open(path) as image:
+                batch.append(transform(image.convert("RGB")))
+        yield torch.stack(batch).to(device)
+
+
 def _image_batches(images: torch.Tensor | Iterable[Any], batch_size: int) -> Iterable[Any]:
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
@@ -746,7 +772,8 @@ def discover(
 
     ``teacher`` needs ``depth``, ``num_prefix_tokens``, ``num_reg_tokens``, ``has_class_token``, ``name``
     and ``trajectory(images, layers)`` (see raptor_zoo.teachers.Teacher). ``images`` is a normalised
-    tensor ``[B, C, H, W]`` (split into ``batch_size`` batches) or an iterable of batches. ``scores`` cover
+    tensor ``[B, C, H, W]`` (split into ``batch_size`` batches), an iterable of batches, or a list of image
+    file paths (read with PIL and normalised with the teacher's ``data_config``). ``scores`` cover
     k = 1..max_k (default ``min(L, max(k, 6))``). A divisive result that is not contiguous falls back to
     the contiguous DP with a warning.
     """
@@ -770,7 +797,13 @@ def discover(
         max_cka_samples=max_cka_samples,
     )
     name = str(getattr(teacher, "name", type(teacher).__name__))
-    batches = _image_batches(images, batch_size)
+    if _is_path_list(images):
+        if not hasattr(teacher, "data_config"):
+            raise TypeError("image paths need a teacher with a data_config to normalise them; pass tensors instead.")
+        device = next(iter(teacher.parameters())).device if isinstance(teacher, torch.nn.Module) else "cpu"
+        batches = _path_batches(images, teacher.data_config, batch_size, device)
+    else:
+        batches = _image_batches(images, batch_size)
     layers = list(range(1, depth + 1))
     with torch.no_grad():
         for batch in tqdm(batches, desc=f"phases: {name}", unit="batch", disable=not progress):

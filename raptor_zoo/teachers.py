@@ -32,7 +32,7 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.data import resolve_data_config
-from timm.layers import LayerNorm, Mlp, SwiGLUPacked
+from timm.layers import LayerNorm, Mlp, SwiGLUPacked, resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -44,6 +44,7 @@ __all__ = [
     "EMBEDDED_TEACHERS",
     "HF_VIT_MODEL_TYPES",
     "DINOV2_IMG_SIZE",
+    "DINOV2_STORED_IMG_SIZE",
     "ClsAvgVisionTransformer",
     "Teacher",
     "load_teacher",
@@ -60,6 +61,9 @@ HF_VIT_MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit")
 
 DINOV2_IMG_SIZE = 224
 """Image size DINOv2 teachers run at by default: the paper's protocol (resize 256, centre crop 224)."""
+
+DINOV2_STORED_IMG_SIZE = 518
+"""Size of the 37 x 37 position grid DINOv2 checkpoints store; such a teacher runs at DINOV2_IMG_SIZE by default."""
 
 _TEACHER_SOURCES = ("timm", "hf", "embedded", "module")
 _COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
@@ -133,6 +137,33 @@ def _is_dinov2_name(name: str | None) -> bool:
     return name is not None and "dinov2" in name.lower()
 
 
+def _default_run_size(native_size: tuple[int, int], is_dinov2: bool) -> tuple[int, int]:
+    """A DINOv2 checkpoint's stored 518 px grid runs at 224 (the paper's protocol); any other size is the model's own."""
+    if is_dinov2 and native_size == (DINOV2_STORED_IMG_SIZE, DINOV2_STORED_IMG_SIZE):
+        return DINOV2_IMG_SIZE, DINOV2_IMG_SIZE
+    return native_size
+
+
+@torch.no_grad()
+def _set_run_size(model: VisionTransformer, img_size: tuple[int, int]) -> None:
+    """Make ``img_size`` the model's own size, resampling its position grid as transformers and DINOv2 do.
+
+    Bicubic without antialiasing (timm's ``resample_abs_pos_embed`` antialiases by default, which changes the
+    embeddings of a downsampled grid), once here rather than on every forward. Only for a model this module built.
+    """
+    if tuple(model.patch_embed.img_size) == img_size:
+        return
+    patch_height, patch_width = model.patch_embed.patch_size
+    grid = (img_size[0] // patch_height, img_size[1] // patch_width)
+    if model.pos_embed is not None and grid != tuple(model.patch_embed.grid_size):
+        pos_embed = resample_abs_pos_embed(
+            model.pos_embed, new_size=grid, old_size=model.patch_embed.grid_size,
+            num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens, antialias=False,
+        )
+        model.pos_embed = nn.Parameter(pos_embed, requires_grad=model.pos_embed.requires_grad)
+    model.patch_embed.set_input_size(img_size=img_size)
+
+
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -174,7 +205,8 @@ class Teacher(nn.Module):
 
         Args:
             model: the timm ViT; it is put in eval mode and frozen in place.
-            name: the id it was loaded from; defaults to the module's class name.
+            name: the id it was loaded from (a local folder: 'architecture (folder name)', never its path);
+                defaults to the module's class name.
             source: one of "timm", "hf", "embedded", "module".
             revision: Hub revision / commit when known.
             img_size: the size this package runs it at; defaults to the model's own. A different size
@@ -560,7 +592,8 @@ def convert_hf_vit(hf_model: nn.Module) -> VisionTransformer:
     (:class:`ClsAvgVisionTransformer`, ``global_pool='cls_avg'``). Anything else (a base model, a custom
     classifier; ViT's tanh ``pooler`` is never converted) gives ``head = Identity``, so the model's forward
     returns the normed class token. At the config's ``image_size`` the numerics are those of transformers;
-    at other sizes timm resamples the position embedding (bicubic, antialiased) once per forward.
+    at other sizes timm resamples the position embedding (bicubic, antialiased) once per forward, which is
+    not what transformers does: :func:`load_teacher` resamples the grid to the run size first, as transformers.
     The result is on the device and in the floating dtype of ``hf_model``.
     """
     if not _is_hf_vit(hf_model):
@@ -627,14 +660,13 @@ def _teacher_from_hf_module(
         img_size: int | None,
 ) -> Teacher:
     config = _hf_base_model(hf_model).config
-    if img_size is not None:
-        run_size = _pair(img_size)
-    elif config.model_type.startswith("dinov2"):
-        run_size = (DINOV2_IMG_SIZE, DINOV2_IMG_SIZE)
-    else:
-        run_size = _pair(config.image_size)
+    model = convert_hf_vit(hf_model)
+    native_size = _pair(config.image_size)
+    run_size = _pair(img_size) if img_size is not None else _default_run_size(
+        native_size, config.model_type.startswith("dinov2"))
+    _set_run_size(model, run_size)
     return Teacher(
-        convert_hf_vit(hf_model),
+        model,
         name=name,
         source=source,
         revision=getattr(config, "_commit_hash", None) or revision,
@@ -693,12 +725,12 @@ def _create_timm_teacher(
     elif name.startswith("hf-hub:") and "@" in name:
         revision = name.rsplit("@", 1)[1]
 
-    is_dinov2 = _is_dinov2_name(name)
+    is_dinov2 = _is_dinov2_name(_timm_architecture(name))
     create_kwargs: dict[str, Any] = {}
     if not name.startswith(("hf-hub:", "local-dir:")):
         _check_timm_name(name, {k: v for k, v in kwargs.items() if k not in _TIMM_LOADING_KWARGS})
-    if is_dinov2:
-        create_kwargs = dict(img_size=img_size or DINOV2_IMG_SIZE, dynamic_img_size=True)
+    if is_dinov2:  # built at its own size, then resampled as DINOv2 does (_set_run_size)
+        create_kwargs = dict(dynamic_img_size=True)
     elif img_size is not None:
         create_kwargs = dict(img_size=img_size)
     create_kwargs.update(kwargs)
@@ -714,9 +746,27 @@ def _create_timm_teacher(
         if pretrained:
             raise _weights_error(_timm_weights_id(name, revision), err) from err
         raise
+    if is_dinov2:
+        native_size = tuple(model.patch_embed.img_size)
+        _set_run_size(model, _pair(img_size) if img_size is not None else _default_run_size(native_size, True))
     # the architecture arguments, so that a Raptor of this teacher can be rebuilt from config.json
     model.raptor_teacher_args = {k: v for k, v in create_kwargs.items() if k not in _TIMM_LOADING_KWARGS}
     return Teacher(model, name=teacher_name, source=source, revision=revision)
+
+
+def _folder_teacher_name(folder: str, architecture: str) -> str:
+    """A local folder's teacher named portably, by what it holds and the folder's own name: never a local path."""
+    return f"{architecture} ({Path(folder).expanduser().resolve().name})"
+
+
+def _timm_architecture(name: str) -> str:
+    """The timm architecture a name builds: a local folder's config.json ``architecture`` wins over its path."""
+    if name.startswith("local-dir:"):
+        config_path = Path(name.split(":", 1)[1]).expanduser() / "config.json"
+        if config_path.is_file():
+            with open(config_path, encoding="utf-8") as f:
+                return json.load(f).get("architecture") or name
+    return name
 
 
 def _read_config_json(
@@ -808,8 +858,11 @@ def _load_from_string(
             revision=None, kwargs=kwargs,
         )
     if source.startswith(("hf-hub:", "local-dir:")):
+        teacher_name = source
+        if source.startswith("local-dir:"):
+            teacher_name = _folder_teacher_name(source.split(":", 1)[1], _timm_architecture(source))
         return _create_timm_teacher(
-            source, source="timm", teacher_name=source, pretrained=pretrained, img_size=img_size,
+            source, source="timm", teacher_name=teacher_name, pretrained=pretrained, img_size=img_size,
             revision=revision, kwargs=kwargs,
         )
     expanded = os.path.expanduser(source)
@@ -833,13 +886,17 @@ def _load_from_string(
     config, commit = _read_config_json(location, is_folder=is_folder, revision=revision, kwargs=kwargs)
     model_type = config.get("model_type")
     if model_type in HF_VIT_MODEL_TYPES:  # weights from the commit the config came from
-        return _load_hf_teacher(
+        teacher = _load_hf_teacher(
             location, pretrained=pretrained, img_size=img_size, revision=commit or revision, kwargs=kwargs,
         )
+        if is_folder:
+            teacher.name = _folder_teacher_name(location, model_type)
+        return teacher
     if "architecture" in config:  # a timm folder / Hub repo
         timm_id = f"local-dir:{location}" if is_folder else f"hf-hub:{location}"
         return _create_timm_teacher(
-            timm_id, source="timm", teacher_name=source, pretrained=pretrained, img_size=img_size,
+            timm_id, source="timm", pretrained=pretrained, img_size=img_size,
+            teacher_name=_folder_teacher_name(location, config["architecture"]) if is_folder else source,
             revision=None if is_folder else revision, kwargs=kwargs,
         )
     raise ValueError(
@@ -868,10 +925,13 @@ def load_teacher(
             a timm ``VisionTransformer`` with plain ``Block`` s, a transformers Dinov2 / Dinov2WithRegisters /
             ViT module (converted, :func:`convert_hf_vit`), or a Teacher.
         pretrained: load the published weights (names and repo ids); ``False`` gives a random-init teacher.
-        img_size: size to run the teacher at. DINOv2 teachers default to 224 (the paper's protocol: bicubic
-            resize to 256, centre crop 224, ImageNet mean/std) and are created with ``dynamic_img_size=True``;
-            other timm names are created at ``img_size`` when given. A module keeps its own size unless it
-            was built with ``dynamic_img_size=True``.
+        img_size: size to run the teacher at; none = the size its config (folder, module) or timm name
+            declares, except that a DINOv2 checkpoint's stored 518 px grid runs at 224 (the paper's protocol:
+            bicubic resize to 256, centre crop 224, ImageNet mean/std). DINOv2 and transformers teachers are
+            built at their own size with ``dynamic_img_size=True``, then their position grid is resampled to
+            ``img_size`` as transformers and DINOv2 do (bicubic, no antialiasing), so they equal the reference
+            model at the size they run at. Other timm names are created at ``img_size`` when given. A module
+            keeps its own size unless it was built with ``dynamic_img_size=True``.
         revision: Hub revision (branch, tag or commit) for Hub weights.
         **kwargs: forwarded to ``timm.create_model`` or the transformers ``from_pretrained`` / ``from_config``.
 

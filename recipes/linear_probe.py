@@ -4,7 +4,8 @@
 Features = concat(cls token, mean of the patch tokens) after the final norm, extracted once per split (optionally
 cached as safetensors keyed by backbone + split + input size), then a linear classifier (AdamW, cosine) trained on
 them; top-1 / top-5 on the held-out split. `--compare` probes the Raptor and its teacher (config.json `teacher`,
-or `--teacher`) on the same split and reports the recovery ratio Raptor / teacher, the paper's headline number.
+or `--teacher`) on the same split at one image size (`--img-size`; default the Raptor's own, the size its teacher
+ran at when it was distilled) and reports the recovery ratio Raptor / teacher, the paper's headline number.
 
   accelerate launch --cpu recipes/linear_probe.py --compare --backbone raptor-digits-k2
   accelerate launch recipes/linear_probe.py --config recipes/configs/digits_probe.yaml --backbone path/to/raptor
@@ -46,6 +47,9 @@ class ProbeConfig:
         "group": "Backbone", "help": "teacher for --compare; none = the Raptor's config.json 'teacher'"})
     teacher_pretrained: bool = field(default=True, metadata={
         "group": "Backbone", "help": "load teacher weights (--no-teacher-pretrained: random init, for tests)"})
+    img_size: Optional[int] = field(default=None, metadata={
+        "group": "Backbone", "help": "image size every probed backbone runs at; none = the Raptor's own (its "
+        "teacher's run size) for a Raptor and --compare, the teacher's default for a teacher"})
     teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "group": "Backbone", "help": "extra timm.create_model arguments for a teacher, as a JSON object"})
     dataset: str = field(default="digits", metadata={
@@ -73,10 +77,22 @@ class ProbeConfig:
     cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
 
     def __post_init__(self):
-        for name in ("batch_size", "epochs", "probe_batch_size", "max_train_images", "max_eval_images"):
+        for name in ("batch_size", "epochs", "probe_batch_size", "max_train_images", "max_eval_images", "img_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+
+
+def at_image_size(backbone: LoadedBackbone, img_size: int) -> LoadedBackbone:
+    """The Raptor ``backbone`` probed at ``img_size``: its own size, or any size when built with dynamic_img_size."""
+    size = (img_size, img_size)
+    native = tuple(backbone.model.patch_embed.img_size)
+    if size != native and not backbone.model.dynamic_img_size:
+        raise ValueError(f"Raptor {backbone.name!r} runs at fixed size {native[0]}x{native[1]}; --img-size {img_size} "
+                         f"needs a Raptor built with dynamic_img_size=True. Drop --img-size to probe at {native[0]}.")
+    channels = backbone.data_config["input_size"][0]
+    return LoadedBackbone(backbone.model, dict(backbone.data_config, input_size=(channels, *size)), backbone.name,
+                          backbone.kind, teacher=backbone.teacher)
 
 
 def load_splits(config: ProbeConfig):
@@ -125,8 +141,12 @@ def linear_probe_function(config: ProbeConfig) -> dict:
     accelerator, output_dir = start_run(config, seedable_data=False, write_config=False)
     train_set, eval_set = load_splits(config)
     kind = backbone_kind(config.backbone) if config.backbone_kind == "auto" else config.backbone_kind
-    backbone = load_backbone(config.backbone, kind=kind, pretrained=config.teacher_pretrained,
-                             **(config.teacher_kwargs if kind == "teacher" else {}))
+    if kind == "teacher":
+        backbone = load_backbone(config.backbone, kind=kind, pretrained=config.teacher_pretrained,
+                                 img_size=config.img_size, **config.teacher_kwargs)
+    else:
+        backbone = load_backbone(config.backbone, kind=kind)
+        backbone = at_image_size(backbone, config.img_size or backbone.model.patch_embed.img_size[0])
     teacher = None
     if config.compare:
         if backbone.kind != "raptor":
@@ -135,8 +155,15 @@ def linear_probe_function(config: ProbeConfig) -> dict:
         teacher_id = config.teacher or backbone.teacher
         if teacher_id is None:
             raise ValueError(f"Raptor {config.backbone!r} records no teacher in its config.json; pass --teacher.")
-        teacher = load_backbone(teacher_id, kind="teacher", pretrained=config.teacher_pretrained,
-                                **config.teacher_kwargs)
+        try:  # at the Raptor's probe size: a recovery ratio compares both at one size
+            teacher = load_backbone(teacher_id, kind="teacher", pretrained=config.teacher_pretrained,
+                                    img_size=backbone.data_config["input_size"][-1], **config.teacher_kwargs)
+        except (ValueError, FileNotFoundError) as err:
+            if config.teacher:
+                raise
+            raise ValueError(f"Raptor {config.backbone!r} records teacher {teacher_id!r}, which does not load here "
+                             f"(a local folder is recorded by name, not path); pass --teacher <its folder or id>.\n"
+                             f"{type(err).__name__}: {err}") from err
     save_run_config(accelerator, config)
 
     result: dict[str, Any] = {"command": command_line(), "dataset": config.dataset, "eval_split": config.eval_split,
@@ -145,14 +172,16 @@ def linear_probe_function(config: ProbeConfig) -> dict:
     rows = [("backbone", result.get("raptor") or result["backbone"])]
     if teacher is not None:
         result["teacher"] = probe(config, teacher, train_set, eval_set, accelerator)
+        result["image_size"] = "x".join(map(str, backbone.data_config["input_size"][1:]))
         result["recovery"] = {k: result["raptor"][k] / result["teacher"][k] if result["teacher"][k] > 0 else None
                               for k in ("top1", "top5")}
         rows = [("raptor", result["raptor"]), ("teacher", result["teacher"])]
-    lines = [f"{'':8} {'name':40} {'top-1':>7} {'top-5':>7}"]
-    lines += [f"{role:8} {entry['backbone'][:40]:40} {entry['top1']:7.4f} {entry['top5']:7.4f}" for role, entry in rows]
+    lines = [f"{'':8} {'name':40} {'size':>9} {'top-1':>7} {'top-5':>7}"]
+    lines += [f"{role:8} {entry['backbone'][:40]:40} {'x'.join(map(str, entry['input_size'][1:])):>9} "
+              f"{entry['top1']:7.4f} {entry['top5']:7.4f}" for role, entry in rows]
     if "recovery" in result:
         recovery = result["recovery"]
-        lines.append(f"{'recovery':8} {'Raptor / teacher':40} " + " ".join(
+        lines.append(f"{'recovery':8} {'Raptor / teacher, both at ' + result['image_size']:50} " + " ".join(
             f"{value:7.4f}" if value is not None else f"{'n/a':>7}" for value in (recovery["top1"], recovery["top5"])))
     accelerator.print("\n".join(lines))
     if accelerator.is_main_process:

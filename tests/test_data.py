@@ -204,3 +204,30 @@ def test_create_loader_streaming_batches(digits_test):
 def test_create_loader_rejects_other_inputs():
     with pytest.raises(TypeError, match="load_image_dataset"):
         create_loader([torch.zeros(3, 32, 32)], DIGITS_DATA_CONFIG, batch_size=4, is_training=False)
+
+
+def _write_pngs(folder, names, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)).save(folder / name)
+
+
+def test_missing_held_out_split_falls_back_to_the_one_that_exists(tmp_path, caplog):
+    """A train/test folder asked for 'validation' (the ViT-S config's eval_split) uses 'test' and says so."""
+    for split in ("train", "test"):
+        _write_pngs(tmp_path / split / "cat", ["0.png", "1.png"])
+        _write_pngs(tmp_path / split / "dog", ["0.png"])
+    with caplog.at_level(logging.WARNING, logger="raptor_zoo.data"):
+        dataset = load_image_dataset(tmp_path, split="validation")
+    assert len(dataset) == 3 and "using its held-out split 'test'" in caplog.text
+    with pytest.raises(ValueError, match=r"no split 'extra'; its splits are \['train', 'test'\]"):
+        load_image_dataset(tmp_path, split="extra")
+
+
+def test_flat_folder_of_unlabelled_photos(tmp_path):
+    _write_pngs(tmp_path, ["a.png", "b.png", "c.png"])
+    dataset = load_image_dataset(tmp_path, labels=False)
+    assert len(dataset) == 3 and dataset["label"] == [-1, -1, -1]
+    with pytest.raises(ValueError, match="no column"):  # a classification dataset needs its labels
+        load_image_dataset(tmp_path)

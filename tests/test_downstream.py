@@ -267,6 +267,41 @@ def test_linear_probe_feature_cache_and_bad_input(raptor_folder, tmp_path):
         run(["--dataset", "./no/such/folder/", "--output-dir", tmp_path / "d"])
 
 
+def test_linear_probe_compare_probes_teacher_and_raptor_at_one_size(raptor_folder, tmp_path):
+    """A DINOv2 teacher defaults to 224, its Raptor was distilled at 56: --compare probes both at 56, or at --img-size."""
+    import timm
+
+    from raptor_zoo.teachers import load_teacher
+
+    recipe = load_recipe(PROBE)
+
+    def run(args):
+        config = recipe.parse_config(recipe.ProbeConfig, ["--cpu", *TINY_PROBE, *map(str, args)])
+        try:
+            return recipe.linear_probe_function(config)
+        finally:
+            AcceleratorState._reset_state(True)
+
+    teacher_folder = tmp_path / "tiny_dinov2"  # the stored 518 px grid of a real DINOv2 checkpoint
+    args = dict(embed_dim=32, depth=2, num_heads=2)
+    timm.models.save_for_hf(timm.create_model("vit_small_patch14_dinov2", pretrained=False, **args),
+                            str(teacher_folder), model_args=args, safe_serialization=True)
+    assert load_teacher(str(teacher_folder)).img_size == (224, 224)
+    raptor = RaptorVisionTransformer.from_teacher(load_teacher(str(teacher_folder), img_size=56), block_schedule=(1, 1))
+    raptor_zoo.save_pretrained(raptor, tmp_path / "raptor")
+    compare = ["--backbone", tmp_path / "raptor", "--compare", "--teacher", teacher_folder]
+    result = run([*compare, "--output-dir", tmp_path / "a"])
+    assert result["raptor"]["input_size"] == result["teacher"]["input_size"] == [3, 56, 56]
+    assert result["image_size"] == "56x56"
+    result = run([*compare, "--img-size", 70, "--output-dir", tmp_path / "b"])
+    assert result["raptor"]["input_size"] == result["teacher"]["input_size"] == [3, 70, 70]
+    # the recorded teacher is a local folder, named portably: say to pass --teacher
+    with pytest.raises(ValueError, match="pass --teacher"):
+        run(["--backbone", tmp_path / "raptor", "--compare", "--output-dir", tmp_path / "c"])
+    with pytest.raises(ValueError, match="runs at fixed size 32x32"):
+        run(["--backbone", raptor_folder, "--img-size", 40, "--output-dir", tmp_path / "d"])
+
+
 TINY_FINETUNE = ["--max-train-images", "48", "--max-eval-images", "32", "--batch-size", "16", "--lr", "1e-4",
                  "--layer-decay", "0.75", "--model-ema", "--keep-checkpoints", "5"]
 

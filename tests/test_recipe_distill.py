@@ -220,6 +220,7 @@ def test_relaxed_run_trains_adapters_and_saves_a_relaxed_raptor(run_recipe, tmp_
     assert result["training"]["steps"] == 6
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["model_args"]["relax_rank"], config["model_args"]["relax_targets"]) == (2, ["qkv", "fc1"])
+    assert config["raptor_meta"]["teacher_img_size"] == [32, 32]  # the size its teacher ran at
     saved = weights(tmp_path)
     assert {key.split(".")[1] for key in saved if key.startswith("relax.")} == {"0", "1", "2", "3"}
     assert not any(key.startswith("relax.") and ("proj" in key or "fc2" in key) for key in saved)

@@ -243,7 +243,7 @@ def test_hf_conversion_is_exact(family):
     assert isinstance(t.model, VisionTransformer) and t.source == "module" and t.name == base_cls.__name__
     assert (t.depth, t.embed_dim, t.num_heads, t.patch_size) == (4, 64, 4, config.patch_size)
     assert (t.num_prefix_tokens, t.num_reg_tokens, t.has_class_token) == (1 + num_reg, num_reg, True)
-    assert t.img_size == ((224, 224) if family.startswith("dinov2") else (32, 32))
+    assert t.img_size == (config.image_size, config.image_size)  # the config's size, not DINOv2's 224
     x = _images(config.image_size)
     with torch.no_grad():
         out = hf_model(pixel_values=x, output_hidden_states=True)
@@ -255,6 +255,58 @@ def test_hf_conversion_is_exact(family):
     assert (trajectory[:, 1:] - trajectory[:, :-1]).abs().amax(dim=(0, 2, 3)).min() > 1e-3
     with torch.no_grad():  # a base model has no head: the teacher's output is the normed class token
         torch.testing.assert_close(t(x), out.last_hidden_state[:, 0], rtol=0, atol=1e-5)
+
+
+def _stored_grid_dinov2() -> Dinov2Model:
+    """A tiny transformers DINOv2 with the 37 x 37 (518 px) position grid real checkpoints store."""
+    torch.manual_seed(0)
+    return _perturb(Dinov2Model(Dinov2Config(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=518, patch_size=14)))
+
+
+def _save_timm_folder(model: VisionTransformer, folder, **model_args) -> str:
+    timm.models.save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True)
+    return str(folder)
+
+
+@pytest.mark.parametrize("form", ["module", "transformers folder", "timm folder"])
+def test_dinov2_off_its_stored_grid_equals_transformers(form, tmp_path, offline_hub):
+    """At 224 and 112 a DINOv2 teacher is transformers' own model bit for bit: its grid is resampled without
+    antialiasing, as transformers' interpolate_pos_encoding and DINOv2 do (timm antialiases by default)."""
+    hf_model = _stored_grid_dinov2()
+    if form == "transformers folder":
+        hf_model.save_pretrained(tmp_path / "hf")
+        source = str(tmp_path / "hf")
+    elif form == "timm folder":
+        timm_model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, embed_dim=64, depth=3, num_heads=4)
+        timm_model.load_state_dict(convert_hf_vit(hf_model).state_dict())
+        source = _save_timm_folder(timm_model, tmp_path / "timm", embed_dim=64, depth=3, num_heads=4)
+    else:
+        source = hf_model
+    assert load_teacher(source).img_size == (224, 224)  # the stored 518 px grid runs at the paper's 224
+    for size in (224, 112):
+        t = load_teacher(source, img_size=size)
+        assert t.img_size == (size, size) and t.data_config["input_size"] == (3, size, size)
+        x = _images(size)
+        with torch.no_grad():
+            expected = torch.stack(hf_model(pixel_values=x, output_hidden_states=True).hidden_states, 1)
+            trajectory = t.trajectory(x)
+        assert (trajectory - expected).abs().max().item() == 0.0, f"{form} at {size} px"
+
+
+def test_folder_image_size_wins_over_dinov2_name(tmp_path, offline_hub):
+    """A 112 px DINOv2 folder runs at 112 with its own 8 x 8 grid, though 'dinov2' is in its name and architecture."""
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, embed_dim=64, depth=2, num_heads=4,
+                              img_size=112)
+    folder = _save_timm_folder(model, tmp_path / "my_dinov2_112", embed_dim=64, depth=2, num_heads=4, img_size=112)
+    t = load_teacher(folder)
+    assert t.img_size == (112, 112) and t.num_patches == 64
+    assert t.name == "vit_small_patch14_dinov2 (my_dinov2_112)"
+    assert load_teacher(f"local-dir:{folder}").name == t.name
+    torch.testing.assert_close(t.model.pos_embed, model.pos_embed, rtol=0, atol=0)
+    hf_folder = tmp_path / "hf_dinov2_112"
+    Dinov2Model(_hf_config("dinov2", image_size=112)).save_pretrained(hf_folder)
+    assert load_teacher(str(hf_folder)).img_size == (112, 112)
 
 
 @pytest.mark.parametrize("family", list(HF_FAMILIES))
@@ -311,7 +363,9 @@ def test_hf_saved_folder_offline(offline_hub, tmp_path):
     folder = tmp_path / "dinov2-reg-tiny"
     hf_model.save_pretrained(folder)
     t = load_teacher(str(folder))
-    assert (t.source, t.name, t.num_reg_tokens, t.img_size) == ("hf", str(folder), 4, (224, 224))
+    # the folder's own 56 px, and a portable name: what it holds and the folder's name, not its local path
+    assert (t.source, t.name, t.num_reg_tokens, t.img_size) == (
+        "hf", "dinov2_with_registers (dinov2-reg-tiny)", 4, (56, 56))
     assert t.data_config["crop_pct"] == 0.875
     x = _images(56)
     with torch.no_grad():

@@ -438,6 +438,7 @@ def training_function(config: DistillConfig) -> dict:
         teacher, block_schedule=block_schedule, block_type=config.block_type, init=config.init,
         t_scale=config.t_scale, drop_path_rate=config.drop_path_rate, relax_rank=config.relax_rank,
         relax_init=config.relax_init, relax_targets=config.relax_targets)
+    student.raptor_meta["teacher_img_size"] = list(teacher.img_size)  # what linear_probe --compare probes both at
     if phases is not None:
         student.raptor_meta.update(schedule_source="measured", phase_metric=phases.metric,
                                    phase_algorithm=phases.algorithm, phase_num_images=phases.num_images)

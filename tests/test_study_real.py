@@ -1,0 +1,47 @@
+"""benchmarks/study_real.py --quick: phases on photos and a digits fixture, Raptors distilled through the recipe,
+probe recovery, anytime curves, the report, and a rerun that redoes nothing (offline, a tiny random teacher)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.state import AcceleratorState
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
+    spec = importlib.util.spec_from_file_location("study_real", REPO / "benchmarks" / "study_real.py")
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(study)
+    argv = ["--quick", "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
+    try:
+        summary = study.main(argv)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert summary["runs_done"] == ["phases", "raptor-k2-s0-2", "raptor-k2-s0-4", "raptor-k2-s0-r2-2"]
+    assert summary["runs_pending"] == []
+    phases = json.loads((tmp_path / "out" / "runs" / "phases.json").read_text())
+    for image_set in ("photos", "mnist"):
+        entry = phases[image_set]
+        assert set(entry["schedules"]) == {"2", "3"} and len(entry["subset_schedules"]) == 2
+        assert all(0.0 <= value <= 1.0 for value in entry["subset_agreement"].values())
+    raptor = json.loads((tmp_path / "out" / "runs" / "raptor-k2-s0-r2-2.json").read_text())
+    assert (raptor["k"], raptor["relax_rank"], raptor["steps"], raptor["img_size"]) == (2, 2, 2, 56)
+    assert len(raptor["raptor_anytime_top1"]) == len(raptor["teacher_anytime_top1"]) == 4
+    assert raptor["recovery"] == pytest.approx(raptor["raptor_probe_top1"] / raptor["teacher_probe_top1"])
+    assert raptor["bound_s_per_step"] > 0 and raptor["ratio_to_bound"] > 0
+    assert {"all", "cls", "patches"} <= set(raptor["mean_cosine"])
+    tables = (tmp_path / "out" / "tables.md").read_text()
+    assert "tiny random DINOv2 (quick)" in tables and "4 of 4 runs done" in tables and "/tmp" not in tables
+    for name in ("phases_photos.png", "phases_mnist.png", "anytime.png", "fidelity_by_token.png", "budget_k2.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 5_000, name
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()}
+    try:
+        study.main(argv)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()} == before
