@@ -26,6 +26,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import itertools
 import json
 import multiprocessing
@@ -191,10 +192,23 @@ def _full_size_flops(arch: str, k: int) -> Dict[str, Any]:
                 counted_with_autograd=fallback_teacher or fallback_raptor)
 
 
+@functools.lru_cache(maxsize=None)
+def _git_revision() -> str:
+    """The commit the checks ran on ('+dirty' with uncommitted changes), or 'unknown' outside a git checkout."""
+    try:
+        commit = subprocess.run(['git', '-C', str(REPO_ROOT), 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', '-C', str(REPO_ROOT), 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    return commit + ('+dirty' if dirty else '')
+
+
 def check_arch(arch: str, cfg: CoverageConfig = CoverageConfig(), workdir: Optional[str] = None) -> Dict[str, Any]:
     """Run every coverage check on one architecture; each failure is caught and its reason recorded."""
     start = time.perf_counter()
-    result: Dict[str, Any] = {'arch': arch, 'checks': {}, 'details': {}}
+    result: Dict[str, Any] = {'arch': arch, 'git': _git_revision(), 'checks': {}, 'details': {}}
     checks, details = result['checks'], result['details']
 
     def fail(check: str, err: BaseException) -> None:
@@ -394,8 +408,12 @@ def coverage_table(rows: Sequence[Dict[str, Any]]) -> str:
                   '| arch | timm module | failed checks | reason |', '|---|---|---|---|']
         for row in failing:
             bad = [c for c in CHECKS if not row['checks'][c]['ok']]
-            reasons = '; '.join(f"{c}: {row['checks'][c].get('reason', '?')}" for c in bad
-                                if not row['checks'][c].get('reason', '').startswith('needs '))
+            by_reason: Dict[str, List[str]] = {}
+            for c in bad:
+                reason = row['checks'][c].get('reason', '?')
+                if not reason.startswith('needs '):
+                    by_reason.setdefault(reason[:160], []).append(c)
+            reasons = '; '.join(f"{', '.join(cs)}: {reason}" for reason, cs in by_reason.items())
             reasons = reasons.replace('|', '\\|')
             lines.append(f"| {row['arch']} | {row['timm_module']} | {', '.join(bad)} | {reasons} |")
     return '\n'.join(lines)
@@ -411,18 +429,6 @@ def write_doc_table(doc: Path, table: str, summary: str) -> None:
     else:
         text = text.rstrip('\n') + ('\n\n' if text else '') + block + '\n'
     doc.write_text(text)
-
-
-def _git_revision() -> str:
-    """The commit the checks ran on ('+dirty' with uncommitted changes), or 'unknown' outside a git checkout."""
-    try:
-        commit = subprocess.run(['git', '-C', str(REPO_ROOT), 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', str(REPO_ROOT), 'status', '--porcelain', '--untracked-files=no'],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
-    return commit + ('+dirty' if dirty else '')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -467,6 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.fresh and journal.exists():
         journal.unlink()
     started = time.perf_counter()
+    revision = _git_revision()  # of the code this invocation runs (each row records its own)
     num_selected = len(archs)
     if args.report_only:
         checked = {json.loads(line)['arch'] for line in journal.read_text().splitlines()} if journal.exists() else set()
@@ -479,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = {
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
         'timm': timm.__version__, 'torch': torch.__version__, 'raptor_zoo': raptor_zoo.__version__,
-        'git': _git_revision(), 'python': platform.python_version(), 'cpu_count': os.cpu_count(),
+        'git': revision, 'python': platform.python_version(), 'cpu_count': os.cpu_count(),
         'workers': args.workers, 'seconds': round(elapsed, 1),
         'check_seconds_total': round(sum(row.get('seconds', 0) for row in rows), 1), 'num_archs': len(rows),
         'num_passed': passed, 'num_selected': num_selected,
