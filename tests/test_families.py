@@ -108,6 +108,7 @@ def test_family_raptor(family, monkeypatch):
     out = raptor.train()(x)
     out = out[0] if isinstance(out, (tuple, list)) else out
     out.float().square().mean().backward()
+    monkeypatch.undo()
     per_step = len(rates) // DEPTH  # one call per residual branch of each step
     assert per_step >= 2 and len(rates) == per_step * DEPTH
     for step in range(DEPTH):
@@ -127,11 +128,33 @@ def test_family_raptor(family, monkeypatch):
     assert all(torch.isfinite(s).all() for s in states)
 
 
-@pytest.mark.parametrize('family', [
-    pytest.param(f, marks=pytest.mark.xfail(
-        strict=True, reason="SAM's k = 2 blocks are built at layers 2 and 8, both global-attention layers; the "
-                            'teacher runs 8 of 12 layers windowed')) if f == 'sam' else f
-    for f in FAMILIES])
+def _sam_xfail(reason: str) -> List[Any]:
+    return [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=reason)) if f == 'sam' else f
+            for f in FAMILIES]
+
+
+_SAM_TINY = ("the tiny SAM's k = 2 blocks are built at layers 0 and 2, both windowed; the teacher runs layers 1 "
+             "and 3 with global attention")
+_SAM_FULL = ("SAM's k = 2 blocks are built at layers 2 and 8, both global-attention layers; the teacher runs 8 "
+             "of 12 layers windowed")
+
+
+@pytest.mark.parametrize('family', _sam_xfail(_SAM_TINY))
+def test_flop_parity_with_the_teacher_block_type(family):
+    """Without depth gates a k = 2 Raptor costs exactly its teacher; the gates add only their small MLP per step."""
+    teacher = _teacher(family)
+    input_size = (3, *teacher.img_size)
+    teacher_flops = count_flops(teacher.model, input_size)
+    bare = raptor_zoo.from_teacher(teacher, block_schedule=(2, 2), t_scale=False)
+    assert count_flops(bare, input_size) == teacher_flops
+    gated = raptor_zoo.from_teacher(teacher, block_schedule=(2, 2))
+    depth_scale = gated.unique_blocks[0].depth_scale
+    gate_flops = 2 * (depth_scale.fc1.out_features + depth_scale.fc2.in_features * depth_scale.fc2.out_features)
+    assert count_flops(gated, input_size) == teacher_flops + DEPTH * gate_flops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', _sam_xfail(_SAM_FULL))
 def test_flop_parity_at_full_size(family):
     """FLOPs of a k = 2 Raptor / its teacher at the architecture's own size and resolution (meta device)."""
     arch, _ = REPRESENTATIVES[family]
@@ -144,7 +167,11 @@ def test_flop_parity_at_full_size(family):
     assert ratio == pytest.approx(1.0, abs=0.005)
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', [
+    pytest.param(f, marks=pytest.mark.xfail(
+        strict=True, raises=ValueError,
+        reason="relax targets are looked up at attn.qkv / mlp.fc1; ParallelThingsBlock keeps them in attns.i / ffns.i"))
+    if f == 'vit_parallel' else f for f in FAMILIES])
 def test_relaxed_svd_init_reproduces_teacher_at_unit_schedule(family):
     teacher = _teacher(family)
     raptor = raptor_zoo.from_teacher(teacher, block_schedule=(1,) * DEPTH, relax_rank=2).eval()
@@ -165,9 +192,10 @@ def test_relaxed_svd_init_is_the_rank_r_truncation(family):
         block = raptor.unique_blocks[raptor.step_block_indices[step]]
         delta = teacher.blocks[step].attn.proj.weight.double() - block.attn.proj._parameters['weight'].double()
         approx = adapter['proj_b'].double() @ adapter['proj_a'].double()
-        singular = torch.linalg.svdvals(delta)
-        residual = torch.linalg.matrix_norm(delta - approx)
-        assert residual == pytest.approx(singular[2:].square().sum().sqrt(), rel=1e-4, abs=1e-6)
+        singular = torch.linalg.svdvals(delta.detach())
+        residual = torch.linalg.matrix_norm(delta - approx).item()
+        assert residual == pytest.approx(singular[2:].square().sum().sqrt().item(), rel=1e-4, abs=1e-6)
+        assert (step == 0) == (singular[0].item() < 1e-12)
 
 
 @pytest.mark.parametrize('arch', ['resnet10t', 'convnext_atto'])
