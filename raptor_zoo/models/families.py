@@ -157,14 +157,25 @@ def native_img_size(model: nn.Module) -> Tuple[int, int]:
 
 
 def patch_size_of(model: nn.Module) -> Tuple[int, int]:
-    return _pair(_patch_embedding(model).patch_size)
+    """Input pixels per token side (a hybrid's CNN stem counts: image size / token grid)."""
+    embedding = _patch_embedding(model)
+    img_size, grid_size = getattr(embedding, 'img_size', None), getattr(embedding, 'grid_size', None)
+    if img_size is not None and grid_size is not None:
+        img_size, grid_size = _pair(img_size), _pair(grid_size)
+        if all(g > 0 and i % g == 0 for i, g in zip(img_size, grid_size)):
+            return img_size[0] // grid_size[0], img_size[1] // grid_size[1]
+    return _pair(embedding.patch_size)
 
 
 def in_chans_of(model: nn.Module) -> int:
+    """Image channels (a hybrid's patch projection reads CNN features, so the model's own in_chans comes first)."""
+    in_chans = getattr(model, 'in_chans', None)
+    if isinstance(in_chans, int):
+        return in_chans
     proj = getattr(_patch_embedding(model), 'proj', None)
     if isinstance(proj, nn.Conv2d):
         return proj.in_channels
-    return int(getattr(model, 'in_chans', 3))
+    return int((getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0])
 
 
 def accepts_any_img_size(model: nn.Module) -> bool:

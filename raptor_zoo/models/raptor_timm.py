@@ -196,14 +196,28 @@ def _teacher_arch(model: nn.Module) -> Optional[str]:
     return arch if arch and timm.is_model(arch) else None
 
 
+_PLAIN_VIT_CLASSES = ('VisionTransformer', 'ClsAvgVisionTransformer', 'RaptorVisionTransformer')
+
+
 def _plain_vit_args(model: nn.Module) -> Optional[Dict[str, Any]]:
-    """RaptorVisionTransformer arguments for a teacher that timm's plain ViT arguments describe, else None."""
-    if type(model) not in (VisionTransformer, RaptorVisionTransformer):
+    """RaptorVisionTransformer arguments for a teacher that timm's plain ViT arguments describe, else None.
+
+    The arguments must rebuild the teacher's tensors (checked on the meta device): hybrid CNN stems, BEiT-3's
+    inner norms or other embeddings fall through to the family path, a copy of the teacher itself.
+    """
+    if not isinstance(model, VisionTransformer) or type(model).__name__ not in _PLAIN_VIT_CLASSES:
         return None
     try:
-        return vit_args_from_model(model)
-    except TypeError:
+        args = vit_args_from_model(model)
+        with torch.device('meta'):
+            rebuilt = RaptorVisionTransformer(block_schedule=(1,), **args)
+    except (TypeError, ValueError):
         return None
+    rebuilt_shapes = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items() if not k.startswith('head.')
+                      and 'depth_scale' not in k}
+    teacher_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith('head.')
+                      and (not k.startswith('blocks.') or k.startswith('blocks.0.'))}
+    return args if rebuilt_shapes == teacher_shapes else None
 
 
 def _resolve_schedule(
