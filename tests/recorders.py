@@ -1,7 +1,7 @@
 """Test helpers that observe a Raptor from outside: which unique block runs at each unrolled application, the
 stochastic-depth rate reaching timm's `drop_path` there, and FLOP counts written out by hand.
 
-They hook public surfaces only (`model.blocks` modules, timm's `drop_path` function wherever it was imported), so
+They hook public surfaces only (the shared block modules, timm's `drop_path` function wherever it was imported), so
 they keep working when the model's internal step loop is rewritten.
 """
 import sys
@@ -13,12 +13,17 @@ import torch.nn as nn
 from timm.layers import drop as timm_drop
 
 
+def shared_blocks(model: nn.Module) -> List[nn.Module]:
+    """Each block module once: a Raptor's k shared blocks (its `blocks` presents L step views of them)."""
+    return list(getattr(model, 'unique_blocks', None) or model.blocks)
+
+
 @contextmanager
 def record_block_calls(model: nn.Module) -> Iterator[List[int]]:
-    """Yield a list that collects, in call order, the index in `model.blocks` of every block application."""
+    """Yield a list that collects, in call order, the index of the shared block of every block application."""
     calls: List[int] = []
     handles = [block.register_forward_pre_hook(lambda module, args, j=j: calls.append(j))
-               for j, block in enumerate(model.blocks)]
+               for j, block in enumerate(shared_blocks(model))]
     try:
         yield calls
     finally:
@@ -46,7 +51,7 @@ def record_drop_rates(model: nn.Module, monkeypatch) -> Iterator[List[List[tuple
         if module is not None and getattr(module, '__dict__', {}).get('drop_path') is original:
             monkeypatch.setattr(module, 'drop_path', recording_drop_path)
     handles = [block.register_forward_pre_hook(lambda module, args: applications.append([]))
-               for block in model.blocks]
+               for block in shared_blocks(model)]
     try:
         yield applications
     finally:

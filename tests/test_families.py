@@ -234,6 +234,7 @@ def test_coverage_checks_an_arch_and_tables_it():
 
 
 @pytest.mark.slow
+@pytest.mark.sweep
 def test_coverage_sweep_of_every_registered_arch():
     """The acceptance bar of issue 15: >= 95% of timm's isotropic ViT archs pass every check."""
     coverage = _coverage_module()

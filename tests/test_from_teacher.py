@@ -111,4 +111,4 @@ def test_num_classes_override_keeps_fresh_head():
     for name, value in usual.state_dict().items():
         if not name.startswith('head.') and 'depth_scale.fc1' not in name:
             torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
-    torch.testing.assert_close(raptor.blocks[1].mlp.fc1.weight, teacher.blocks[5 + 3].mlp.fc1.weight)
+    torch.testing.assert_close(raptor.unique_blocks[1].mlp.fc1.weight, teacher.blocks[5 + 3].mlp.fc1.weight)
