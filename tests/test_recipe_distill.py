@@ -180,11 +180,11 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monke
         for handle in stages[-1]["handles"] if stages else []:
             handle.remove()
         applied = set()
-        trainable = {j for j, block in enumerate(student.blocks) if any(p.requires_grad for p in block.parameters())}
+        trainable = {j for j, block in enumerate(student.unique_blocks) if any(p.requires_grad for p in block.parameters())}
         stages.append({"segment": task.segment, "trainable": trainable, "applied": applied, "handles": [
             block.register_forward_pre_hook(
                 lambda module, args, j=j: applied.add(j) if module.training and torch.is_grad_enabled() else None)
-            for j, block in enumerate(student.blocks)]})
+            for j, block in enumerate(student.unique_blocks)]})
         return task
 
     monkeypatch.setattr(recipe, "TrajectoryDistillationTask", recording_task)
