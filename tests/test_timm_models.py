@@ -73,7 +73,7 @@ for _name in dir(_timm_tests):
     _params = [mark for mark in getattr(_test, "pytestmark", []) if mark.name == "parametrize"
                and mark.args[0] == "model_name"]
     if _params and set(_params[0].args[1]) & set(RAPTOR_ARCHS_UNDER_TEST):
-        _test = pytest.mark.slow(_test)  # timm's function, its own marks and parametrization
+        _test = pytest.mark.sweep(pytest.mark.slow(_test))  # timm's function, its own marks and parametrization
         if "torchscript" in _name:
             _test = pytest.mark.skip(reason=_SKIPPED_TORCHSCRIPT)(_test)
         if _name in _EXPECTED_FAILURES:
