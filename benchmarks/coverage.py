@@ -369,9 +369,13 @@ def run_coverage(
                 arch = futures[future]
                 try:
                     row = future.result()
-                except Exception as err:  # a worker that died (e.g. out of memory)
-                    row = {'arch': arch, 'passed': False, 'details': {},
-                           'checks': {c: {'ok': False, 'reason': _short(err)} for c in CHECKS}}
+                except concurrent.futures.process.BrokenProcessPool as err:
+                    # a worker died (e.g. out of memory): every pending arch fails with it, so none is recorded
+                    progress.close()
+                    raise RuntimeError(
+                        f'a coverage worker died ({_short(err)}) while checking {arch}; the {len(results)} archs '
+                        f'checked so far are kept in {journal}: run again to resume (fewer --workers if memory '
+                        'ran out).') from err
                 record(arch, row)
     progress.close()
     rows = []
