@@ -33,7 +33,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.data import resolve_data_config
 from timm.layers import LayerNorm, Mlp, SwiGLUPacked, resample_abs_pos_embed
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .models.families import FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, patch_size_of

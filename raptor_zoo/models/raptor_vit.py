@@ -15,7 +15,6 @@ unchanged and count the L unrolled applications. Raptors of the other families a
 """
 import logging
 import math
-import warnings
 from functools import partial
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
