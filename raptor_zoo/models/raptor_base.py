@@ -120,6 +120,7 @@ def make_recurrent(
     L steps; relax_rank > 0 adds `model.relax` (one StepAdapters per step, LoRA-initialised).
     """
     family = _require_family(model)
+    relax_targets = check_relax_args(relax_rank, relax_targets)
     schedule = tuple(int(n) for n in block_schedule)
     depth = sum(schedule)
     dim = _embed_dim(model, blocks[0])
@@ -129,7 +130,6 @@ def make_recurrent(
     model.blocks = container
     model.relax = None
     if relax_rank:
-        relax_targets = check_relax_args(relax_rank, relax_targets)
         per_block_layers = []
         for block in blocks:
             layers = relax_layers(block, relax_targets)
@@ -148,7 +148,7 @@ def make_recurrent(
     model.t_scale = t_scale
     model.drop_path_rate = drop_path_rate
     model.relax_rank = relax_rank
-    model.relax_targets = check_relax_args(relax_rank, relax_targets) if relax_rank else tuple(RELAX_TARGETS)
+    model.relax_targets = relax_targets if relax_rank else tuple(RELAX_TARGETS)
     model.family_name = family.name
 
 
