@@ -9,9 +9,9 @@ trajectory ``x_0..x_L`` (raw block outputs, before the final norm), the final no
 
 * a timm model name (``vit_small_patch14_reg4_dinov2``, ``deit_tiny_patch16_224``, ...), an ``hf-hub:org/name``
   or ``local-dir:/path`` string, or a timm ViT module;
-* a Hugging Face transformers ViT-like encoder (``Dinov2Model``, ``Dinov2WithRegistersModel``, ``ViTModel``,
-  their ``*ForImageClassification`` wrappers and ``*Backbone`` s) as a module, a saved folder or a Hub repo id.
-  It is converted into a timm ``VisionTransformer`` with identical numerics (:func:`convert_hf_vit`);
+* a Hugging Face transformers vision encoder of a type in ``raptor_zoo.hf_convert.HF_CONVERTERS`` (DINOv2,
+  ViT, ... and their ``*ForImageClassification`` wrappers) as a module, a saved folder or a Hub repo id. It is
+  converted into a timm model of a supported family with identical numerics (:mod:`raptor_zoo.hf_convert`);
 * the embedded digits teacher, ``"digits-vit"`` (:data:`EMBEDDED_TEACHERS`).
 
 Images given to every method are *normalised* tensors ``[B, C, H, W]``; normalise once with ``data_config``.
@@ -22,23 +22,30 @@ import difflib
 import json
 import os
 import re
-import warnings
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config
-from timm.layers import LayerNorm, Mlp, SwiGLUPacked, resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .hf_convert import HF_CONVERTERS, hf_converter, hf_model_type, is_hf_teacher
+from .hf_convert.vit import (
+    DINOV2_IMG_SIZE,
+    DINOV2_STORED_IMG_SIZE,
+    HF_VIT_MODEL_TYPES,
+    ClsAvgVisionTransformer,
+    convert_hf_vit,
+    dinov2_data_config,
+    hf_state_dict_to_timm,
+    set_vit_run_size,
+    vit_config_from_hf,
+)
 from .models.families import FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, patch_size_of
 from .models.raptor_base import RaptorMixin
-from .models.raptor_vit import cls_avg_pool
 
 __all__ = [
     "EMBEDDED_TEACHERS",
@@ -51,86 +58,24 @@ __all__ = [
     "vit_config_from_hf",
     "hf_state_dict_to_timm",
     "convert_hf_vit",
+    "data_config_from_processor",
 ]
 
 EMBEDDED_TEACHERS: dict[str, str] = {"digits-vit": "vit_digits_patch8_reg4.digits"}
 """Teachers shipped inside the package: name -> timm ``arch.tag`` (weights are package data)."""
 
-HF_VIT_MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit")
-"""transformers ``model_type`` s that :func:`convert_hf_vit` converts exactly."""
-
-DINOV2_IMG_SIZE = 224
-"""Image size DINOv2 teachers run at by default: the paper's protocol (resize 256, centre crop 224)."""
-
-DINOV2_STORED_IMG_SIZE = 518
-"""Size of the 37 x 37 position grid DINOv2 checkpoints store; such a teacher runs at DINOV2_IMG_SIZE by default."""
-
 _TEACHER_SOURCES = ("timm", "hf", "embedded", "module")
 _COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 # timm.create_model kwargs about where weights come from (left out of the meta-device architecture check)
 _TIMM_LOADING_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
-_DINOV2_CROP_PCT = 0.875  # 224 / 256
 _ACCEPTED = (
     "a timm ViT name (e.g. 'vit_small_patch14_reg4_dinov2'), an 'hf-hub:org/name' or 'local-dir:/path' timm id, "
     f"an embedded teacher ({', '.join(repr(n) for n in EMBEDDED_TEACHERS)}), a folder or Hub repo id holding a "
-    f"transformers model of type {', '.join(HF_VIT_MODEL_TYPES)}, a timm ViT module of a supported family (vit, "
+    f"transformers model of type {', '.join(sorted(HF_CONVERTERS))}, a timm ViT module of a supported family (vit, "
     "deit, eva: EVA-02 / DINOv3 / PE, beit, relpos, sam, naflexvit, xcit, cait), "
-    "a transformers Dinov2/Dinov2WithRegisters/ViT module, or a Teacher"
+    "a transformers module of one of those types, or a Teacher"
 )
-# transformers `hidden_act` -> timm activation name computing the same function
-_HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "silu": "silu",
-    "swish": "silu",
-    "relu": "relu",
-}
 
-
-class ClsAvgVisionTransformer(VisionTransformer):
-    """timm ViT whose head reads concat(class token, mean of patch tokens): the DINOv2 linear-probe head.
-
-    ``global_pool`` is ``'cls_avg'`` and ``head_hidden_size`` is 2·D (``num_features`` stays D), the head
-    of transformers' ``Dinov2ForImageClassification`` / ``Dinov2WithRegistersForImageClassification``.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        num_classes = kwargs.pop("num_classes", 1000)
-        kwargs.pop("global_pool", None)
-        super().__init__(num_classes=0, global_pool="token", **kwargs)
-        if not self.has_class_token:
-            raise ValueError("global_pool='cls_avg' needs the class token; got class_token=False.")
-        self.global_pool = "cls_avg"
-        self.head_hidden_size = 2 * self.embed_dim
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head; only ``'cls_avg'`` pooling is kept (use a plain VisionTransformer for others)."""
-        if global_pool not in (None, "cls_avg"):
-            raise ValueError(f"ClsAvgVisionTransformer pools with 'cls_avg' only; got global_pool={global_pool!r}.")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
-        pool_type = self.global_pool if pool_type is None else pool_type
-        if pool_type != "cls_avg":
-            return super().pool(x, pool_type=pool_type)
-        return cls_avg_pool(x, self.num_prefix_tokens)
-
-
-def _dinov2_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any]:
-    """The paper's DINOv2 protocol: bicubic resize to img/0.875, centre crop, ImageNet mean/std."""
-    return {
-        "input_size": (in_chans, *img_size),
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "crop_pct": _DINOV2_CROP_PCT,
-        "crop_mode": "center",
-    }
 
 
 def _is_dinov2_name(name: str | None) -> bool:
@@ -142,26 +87,6 @@ def _default_run_size(native_size: tuple[int, int], is_dinov2: bool) -> tuple[in
     if is_dinov2 and native_size == (DINOV2_STORED_IMG_SIZE, DINOV2_STORED_IMG_SIZE):
         return DINOV2_IMG_SIZE, DINOV2_IMG_SIZE
     return native_size
-
-
-@torch.no_grad()
-def _set_run_size(model: VisionTransformer, img_size: tuple[int, int]) -> None:
-    """Make ``img_size`` the model's own size, resampling its position grid as transformers and DINOv2 do.
-
-    Bicubic without antialiasing (timm's ``resample_abs_pos_embed`` antialiases by default, which changes the
-    embeddings of a downsampled grid), once here rather than on every forward. Only for a model this module built.
-    """
-    if tuple(model.patch_embed.img_size) == img_size:
-        return
-    patch_height, patch_width = model.patch_embed.patch_size
-    grid = (img_size[0] // patch_height, img_size[1] // patch_width)
-    if model.pos_embed is not None and grid != tuple(model.patch_embed.grid_size):
-        pos_embed = resample_abs_pos_embed(
-            model.pos_embed, new_size=grid, old_size=model.patch_embed.grid_size,
-            num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens, antialias=False,
-        )
-        model.pos_embed = nn.Parameter(pos_embed, requires_grad=model.pos_embed.requires_grad)
-    model.patch_embed.set_input_size(img_size=img_size)
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -252,7 +177,7 @@ class Teacher(nn.Module):
         in_chans = in_chans_of(self.model)
         arch = getattr(self.model, "pretrained_cfg", {}).get("architecture")
         if _is_dinov2_name(arch) or _is_dinov2_name(self.name):
-            return _dinov2_data_config(in_chans, self.img_size)
+            return dinov2_data_config(in_chans, self.img_size)
         data_config = resolve_data_config({}, model=self.model)
         data_config["input_size"] = (in_chans, *self.img_size)
         return data_config
@@ -409,246 +334,7 @@ def _check_timm_vit(model: nn.Module, label: str | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# transformers -> timm conversion
-
-
-def vit_config_from_hf(config: Any) -> dict[str, Any]:
-    """timm ``VisionTransformer`` kwargs reproducing a transformers Dinov2 / Dinov2WithRegisters / ViT config.
-
-    The model is built at the config's ``image_size`` with ``dynamic_img_size=True``, without a head
-    (``num_classes=0``, ``global_pool='token'``); :func:`convert_hf_vit` adds the classifier. DINOv2 with
-    registers uses timm's ``no_embed_class`` layout (registers carry no position embedding; the class-token
-    position embedding is folded into ``cls_token`` by :func:`hf_state_dict_to_timm`). Raises ValueError
-    where a setting has no exact timm equivalent.
-    """
-    model_type = getattr(config, "model_type", None)
-    if model_type not in HF_VIT_MODEL_TYPES:
-        raise ValueError(
-            f"Cannot convert a transformers model of type {model_type!r} ({type(config).__name__}); "
-            f"supported model_type values: {', '.join(HF_VIT_MODEL_TYPES)}."
-        )
-    embed_dim, num_heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None)
-    if embed_dim % num_heads or head_dim not in (None, embed_dim // num_heads):
-        raise ValueError(
-            f"timm Attention needs head_dim = hidden_size / num_attention_heads; the config has hidden_size="
-            f"{embed_dim}, num_attention_heads={num_heads}, head_dim={head_dim}."
-        )
-    if model_type == "vit":
-        mlp_hidden, mlp_layer, init_values = config.intermediate_size, Mlp, None
-        act_layer = _hf_activation(config.hidden_act)
-    else:
-        mlp_hidden = int(embed_dim * config.mlp_ratio)
-        # a layer scale of 0 would make timm drop the LayerScale module; its value is overwritten anyway
-        init_values = config.layerscale_value or 1.0
-        if config.use_swiglu_ffn:
-            # transformers' Dinov2SwiGLUFFN width, packed [gate; up] as timm's SwiGLUPacked (act(x1) * x2)
-            mlp_hidden = 2 * ((int(mlp_hidden * 2 / 3) + 7) // 8 * 8)
-            mlp_layer, act_layer = SwiGLUPacked, "silu"
-        else:
-            mlp_layer, act_layer = Mlp, _hf_activation(config.hidden_act)
-    mlp_ratio = mlp_hidden / embed_dim
-    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
-        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
-    num_reg_tokens = config.num_register_tokens if model_type == "dinov2_with_registers" else 0
-    img_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
-    patch_size = config.patch_size if isinstance(config.patch_size, int) else tuple(config.patch_size)
-    return dict(
-        img_size=img_size,
-        patch_size=patch_size,
-        in_chans=config.num_channels,
-        num_classes=0,
-        global_pool="token",
-        embed_dim=embed_dim,
-        depth=config.num_hidden_layers,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        qkv_bias=config.qkv_bias,
-        init_values=init_values,
-        class_token=True,
-        reg_tokens=num_reg_tokens,
-        no_embed_class=num_reg_tokens > 0,
-        dynamic_img_size=True,
-        norm_layer=partial(LayerNorm, eps=config.layer_norm_eps),
-        act_layer=act_layer,
-        mlp_layer=mlp_layer,
-    )
-
-
-def _hf_activation(hidden_act: Any) -> str:
-    if hidden_act not in _HF_ACTIVATIONS:
-        raise ValueError(
-            f"hidden_act={hidden_act!r} has no exact timm equivalent; supported: {', '.join(_HF_ACTIVATIONS)}."
-        )
-    return _HF_ACTIVATIONS[hidden_act]
-
-
-# transformers block sub-module -> timm Block sub-module; both the 5.x names and the 4.x names
-_HF_BLOCK_RENAMES = {
-    "norm1": "norm1",
-    "layernorm_before": "norm1",
-    "norm2": "norm2",
-    "layernorm_after": "norm2",
-    "attention.o_proj": "attn.proj",
-    "attention.output.dense": "attn.proj",
-    "mlp.fc1": "mlp.fc1",
-    "intermediate.dense": "mlp.fc1",
-    "mlp.weights_in": "mlp.fc1",  # 4.x SwiGLU: already packed [gate; up]
-    "mlp.fc2": "mlp.fc2",
-    "output.dense": "mlp.fc2",
-    "mlp.down_proj": "mlp.fc2",
-    "mlp.weights_out": "mlp.fc2",
-}
-# transformers sub-modules fused into one timm Linear: name -> (timm module, position in the concatenation)
-_HF_BLOCK_FUSED = {
-    "attention.q_proj": ("attn.qkv", 0),
-    "attention.k_proj": ("attn.qkv", 1),
-    "attention.v_proj": ("attn.qkv", 2),
-    "attention.attention.query": ("attn.qkv", 0),
-    "attention.attention.key": ("attn.qkv", 1),
-    "attention.attention.value": ("attn.qkv", 2),
-    "mlp.gate_proj": ("mlp.fc1", 0),
-    "mlp.up_proj": ("mlp.fc1", 1),
-}
-_HF_FUSED_PARTS = {"attn.qkv": 3, "mlp.fc1": 2}
-_HF_TOP_RENAMES = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.register_tokens": "reg_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-    "classifier.weight": "head.weight",
-    "classifier.bias": "head.bias",
-}
-# used only for masked-image pre-training, and ViT's tanh pooler (not part of the trajectory or the classifier)
-_HF_DROPPED = re.compile(r"^(embeddings\.mask_token|pooler\..*)$")
-_HF_BLOCK_KEY = re.compile(r"^(?:encoder\.layers?|layers?)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
-
-
-def hf_state_dict_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a transformers Dinov2 / Dinov2WithRegisters / ViT base-model state_dict to timm ViT keys.
-
-    Keys are those of the base model (``embeddings.*``, ``encoder.layer.{i}.*`` or ``layers.{i}.*``,
-    ``layernorm.*``) plus an optional ``classifier.*``. q/k/v are fused into ``attn.qkv``, SwiGLU gate/up
-    into ``mlp.fc1``; ``mask_token`` and ViT's ``pooler`` are dropped. With registers the class-token
-    position embedding is folded into ``cls_token`` (timm's ``no_embed_class`` layout, as timm's own DINOv2
-    checkpoint filter does). Raises ValueError on a key it cannot map exactly.
-    """
-    out: dict[str, torch.Tensor] = {}
-    fused: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        if _HF_DROPPED.match(key):
-            continue
-        if key in _HF_TOP_RENAMES:
-            out[_HF_TOP_RENAMES[key]] = value
-            continue
-        match = _HF_BLOCK_KEY.match(key)
-        if match is None:
-            raise ValueError(f"Cannot map transformers weight {key!r} to a timm ViT; no exact conversion known.")
-        index, module, param = match.groups()
-        if module in ("layer_scale1", "layer_scale2") and param == "lambda1":
-            out[f"blocks.{index}.ls{module[-1]}.gamma"] = value
-        elif module in _HF_BLOCK_RENAMES and param != "lambda1":
-            out[f"blocks.{index}.{_HF_BLOCK_RENAMES[module]}.{param}"] = value
-        elif module in _HF_BLOCK_FUSED and param != "lambda1":
-            target, part = _HF_BLOCK_FUSED[module]
-            fused.setdefault((f"blocks.{index}.{target}", param), {})[part] = value
-        else:
-            raise ValueError(f"Cannot map transformers weight {key!r} to a timm ViT; no exact conversion known.")
-    for (target, param), parts in fused.items():
-        expected = _HF_FUSED_PARTS[target.split(".", 2)[2]]
-        if sorted(parts) != list(range(expected)):
-            raise ValueError(
-                f"{target}.{param}: found {len(parts)} of the {expected} transformers parts it fuses "
-                "(e.g. a bias on some of q/k/v only); timm cannot represent this exactly."
-            )
-        out[f"{target}.{param}"] = torch.cat([parts[i] for i in range(expected)], dim=0)
-    if "reg_token" in out:
-        pos_embed = out["pos_embed"]
-        out["cls_token"] = out["cls_token"] + pos_embed[:, :1]
-        out["pos_embed"] = pos_embed[:, 1:]
-    return out
-
-
-def _hf_base_model(hf_model: nn.Module) -> nn.Module:
-    """The encoder of a transformers model: itself or its ``base_model`` (``*ForImageClassification``)."""
-    base = getattr(hf_model, "base_model", hf_model)
-    return base if isinstance(base, nn.Module) else hf_model
-
-
-def _is_hf_vit(module: nn.Module) -> bool:
-    config = getattr(module, "config", None)
-    return getattr(config, "model_type", None) in HF_VIT_MODEL_TYPES and hasattr(_hf_base_model(module), "embeddings")
-
-
-def convert_hf_vit(hf_model: nn.Module) -> VisionTransformer:
-    """A timm ``VisionTransformer`` computing exactly what a transformers Dinov2 / Dinov2WithRegisters / ViT does.
-
-    Blocks, embeddings and the final layernorm are always converted. The classifier of a
-    ``*ForImageClassification`` model is converted when it is a ``nn.Linear``: ViT's reads the normed
-    class token (timm ``global_pool='token'``), DINOv2's reads concat(class token, mean of patch tokens)
-    (:class:`ClsAvgVisionTransformer`, ``global_pool='cls_avg'``). Anything else (a base model, a custom
-    classifier; ViT's tanh ``pooler`` is never converted) gives ``head = Identity``, so the model's forward
-    returns the normed class token. At the config's ``image_size`` the numerics are those of transformers;
-    at other sizes timm resamples the position embedding (bicubic, antialiased) once per forward, which is
-    not what transformers does: :func:`load_teacher` resamples the grid to the run size first, as transformers.
-    The result is on the device and in the floating dtype of ``hf_model``.
-    """
-    if not _is_hf_vit(hf_model):
-        model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-        raise TypeError(
-            f"convert_hf_vit takes a transformers Dinov2/Dinov2WithRegisters/ViT model; got "
-            f"{type(hf_model).__name__} (model_type {model_type!r})."
-        )
-    base = _hf_base_model(hf_model)
-    config = base.config
-    model_args = vit_config_from_hf(config)
-    state_dict = dict(base.state_dict())
-    model_cls: type[VisionTransformer] = VisionTransformer
-    classifier = getattr(hf_model, "classifier", None) if hf_model is not base else None
-    if isinstance(classifier, nn.Linear):
-        head_inputs = 2 * config.hidden_size if config.model_type.startswith("dinov2") else config.hidden_size
-        if classifier.in_features != head_inputs:
-            raise ValueError(
-                f"{type(hf_model).__name__}.classifier takes {classifier.in_features} inputs; the {config.model_type} "
-                f"head reads {head_inputs}."
-            )
-        if config.model_type.startswith("dinov2"):
-            model_cls = ClsAvgVisionTransformer
-        model_args["num_classes"] = classifier.out_features
-        state_dict.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
-    elif classifier is not None and not isinstance(classifier, nn.Identity):
-        warnings.warn(
-            f"{type(hf_model).__name__}.classifier is a {type(classifier).__name__}, not a Linear; the converted "
-            "teacher has no head (head = Identity) and its logits are the normed class token.",
-            stacklevel=2,
-        )
-    model = model_cls(weight_init="skip", **model_args)
-    timm_state_dict = hf_state_dict_to_timm(state_dict)
-    model.load_state_dict(timm_state_dict, strict=True)
-    reference = next(base.parameters())
-    dtype = reference.dtype if reference.is_floating_point() else None
-    return model.to(device=reference.device, dtype=dtype).eval()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # loading
-
-
-def _hf_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
-    """Defaults of the transformers image processors: DINOv2 protocol for DINOv2, ViTImageProcessor for ViT."""
-    if config.model_type.startswith("dinov2"):
-        return _dinov2_data_config(config.num_channels, img_size)
-    return {
-        "input_size": (config.num_channels, *img_size),
-        "interpolation": "bilinear",
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
 
 
 def _teacher_from_hf_module(
@@ -658,21 +344,88 @@ def _teacher_from_hf_module(
         source: str,
         revision: str | None,
         img_size: int | None,
+        processor_config: Mapping[str, Any] | None = None,
 ) -> Teacher:
-    config = _hf_base_model(hf_model).config
-    model = convert_hf_vit(hf_model)
-    native_size = _pair(config.image_size)
-    run_size = _pair(img_size) if img_size is not None else _default_run_size(
-        native_size, config.model_type.startswith("dinov2"))
-    _set_run_size(model, run_size)
+    """A transformers model converted by its family's converter (hf_convert), run at ``img_size``, with the
+    ``data_config`` of its ``preprocessor_config.json`` when given, else of the family's processor defaults."""
+    config = hf_model.config
+    converter = hf_converter(hf_model_type(hf_model))
+    model = converter.convert(hf_model)
+    native_size = native_img_size(model)
+    run_size = _pair(img_size) if img_size is not None else (
+        converter.default_run_size(native_size) if converter.default_run_size else native_size)
+    if run_size != native_size:
+        if converter.set_run_size is None:
+            raise ValueError(
+                f"A transformers {config.model_type} teacher runs at its config's image_size {native_size}; "
+                f"img_size={img_size} is not supported for this family (leave img_size unset)."
+            )
+        converter.set_run_size(model, run_size)
+    if processor_config is not None:
+        data_config = data_config_from_processor(processor_config, run_size, in_chans=in_chans_of(model))
+    else:
+        data_config = converter.data_config(config, run_size)
     return Teacher(
         model,
         name=name,
         source=source,
         revision=getattr(config, "_commit_hash", None) or revision,
         img_size=run_size,
-        data_config=_hf_data_config(config, run_size),
+        data_config=data_config,
     )
+
+
+# PIL resampling filters (the ``resample`` of a preprocessor_config.json) -> timm interpolation names
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def data_config_from_processor(
+        processor_config: Mapping[str, Any],
+        img_size: Sequence[int],
+        in_chans: int = 3,
+) -> dict[str, Any]:
+    """timm ``data_config`` reproducing a transformers image processor config at run size ``img_size``.
+
+    ``resample`` becomes the interpolation, ``image_mean`` / ``image_std`` the normalisation (CLIP's and
+    SigLIP's are not ImageNet's). A shortest-edge resize followed by a centre crop keeps its ratio as
+    ``crop_pct`` (crop / resize; DINOv2's 256 -> 224 is 0.875); a resize to a fixed height x width with no crop
+    is timm's ``crop_mode='squash'``. Processors that do not normalise (``do_normalize: false``) get mean 0,
+    std 1.
+    """
+    run_size = _pair(img_size)
+    resample = processor_config.get("resample", 3)
+    if resample not in _PIL_RESAMPLE:
+        raise ValueError(f"preprocessor_config.json: resample={resample!r} is not a PIL filter (0..5).")
+    size = processor_config.get("size") or {}
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    crop = processor_config.get("crop_size") or {}
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    do_resize = processor_config.get("do_resize", True)
+    do_crop = processor_config.get("do_center_crop", False) and bool(crop)
+    crop_pct, crop_mode = 1.0, "center"
+    if do_resize and "shortest_edge" in size:
+        if do_crop:
+            crop_pct = min(crop["height"], crop["width"]) / size["shortest_edge"]
+    elif do_resize and "height" in size and "width" in size:
+        if do_crop:
+            crop_pct = crop["height"] / size["height"]
+        else:
+            crop_mode = "squash"
+    if processor_config.get("do_normalize", True):
+        mean = tuple(processor_config.get("image_mean") or IMAGENET_DEFAULT_MEAN)
+        std = tuple(processor_config.get("image_std") or IMAGENET_DEFAULT_STD)
+    else:
+        mean, std = (0.0,) * in_chans, (1.0,) * in_chans
+    return {
+        "input_size": (in_chans, *run_size),
+        "interpolation": _PIL_RESAMPLE[resample],
+        "mean": mean,
+        "std": std,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
 
 
 def _weights_error(sought: str, err: Exception) -> FileNotFoundError:
@@ -748,7 +501,7 @@ def _create_timm_teacher(
         raise
     if is_dinov2:
         native_size = tuple(model.patch_embed.img_size)
-        _set_run_size(model, _pair(img_size) if img_size is not None else _default_run_size(native_size, True))
+        set_vit_run_size(model, _pair(img_size) if img_size is not None else _default_run_size(native_size, True))
     # the architecture arguments, so that a Raptor of this teacher can be rebuilt from config.json
     model.raptor_teacher_args = {k: v for k, v in create_kwargs.items() if k not in _TIMM_LOADING_KWARGS}
     return Teacher(model, name=teacher_name, source=source, revision=revision)
@@ -805,20 +558,52 @@ def _read_config_json(
         return json.load(f), commit
 
 
+def _hf_model_class(config: Any) -> Any:
+    """The transformers class a folder was saved from (``architectures[0]``, e.g. ``CLIPVisionModelWithProjection``,
+    ``DeiTForImageClassificationWithTeacher``) when transformers has it, else ``AutoModel``."""
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    if isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel):
+        return model_cls
+    return transformers.AutoModel
+
+
+def _read_processor_config(location: str, *, is_folder: bool, revision: str | None) -> dict[str, Any] | None:
+    """preprocessor_config.json of a folder or Hub repo, or None where there is none."""
+    if is_folder:
+        path = Path(location) / "preprocessor_config.json"
+        if not path.is_file():
+            return None
+    else:
+        from huggingface_hub import try_to_load_from_cache, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(location, "preprocessor_config.json", revision=revision))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            cached = try_to_load_from_cache(location, "preprocessor_config.json", revision=revision)
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _load_hf_teacher(
         location: str,
         *,
+        is_folder: bool,
         pretrained: bool,
         img_size: int | None,
         revision: str | None,
         kwargs: dict[str, Any],
 ) -> Teacher:
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(location, revision=revision)
-    architectures = getattr(config, "architectures", None) or []
-    with_classifier = any(a.endswith("ForImageClassification") for a in architectures)
-    model_cls = AutoModelForImageClassification if with_classifier else AutoModel
+    model_cls = _hf_model_class(config)
     if pretrained:
         try:
             hf_model = model_cls.from_pretrained(location, revision=revision, **kwargs)
@@ -826,13 +611,15 @@ def _load_hf_teacher(
             sought = f"of transformers {model_cls.__name__} {location!r}" + (f" @ {revision}" if revision else "")
             raise _weights_error(sought, err) from err
     else:
-        hf_model = model_cls.from_config(config, **kwargs)
+        hf_model = model_cls.from_config(config, **kwargs) if hasattr(model_cls, "from_config") \
+            else model_cls._from_config(config, **kwargs)
     return _teacher_from_hf_module(
         hf_model.eval(),
         name=location,
         source="hf",
         revision=revision,
         img_size=img_size,
+        processor_config=_read_processor_config(location, is_folder=is_folder, revision=revision),
     )
 
 
@@ -885,9 +672,9 @@ def _load_from_string(
     location = expanded if is_folder else source
     config, commit = _read_config_json(location, is_folder=is_folder, revision=revision, kwargs=kwargs)
     model_type = config.get("model_type")
-    if model_type in HF_VIT_MODEL_TYPES:  # weights from the commit the config came from
+    if model_type in HF_CONVERTERS:  # weights from the commit the config came from
         teacher = _load_hf_teacher(
-            location, pretrained=pretrained, img_size=img_size, revision=commit or revision, kwargs=kwargs,
+            location, is_folder=is_folder, pretrained=pretrained, img_size=img_size, revision=commit or revision, kwargs=kwargs,
         )
         if is_folder:
             teacher.name = _folder_teacher_name(location, model_type)
@@ -901,7 +688,7 @@ def _load_from_string(
         )
     raise ValueError(
         f"{source!r} holds a config.json with model_type {model_type!r} and no timm 'architecture'; "
-        f"a teacher must be a transformers model of type {', '.join(HF_VIT_MODEL_TYPES)} or a timm ViT."
+        f"a teacher must be a transformers model of type {', '.join(sorted(HF_CONVERTERS))} or a timm ViT."
     )
 
 
@@ -919,11 +706,12 @@ def load_teacher(
         source: one of
             ``"digits-vit"`` (embedded, :data:`EMBEDDED_TEACHERS`);
             a timm model name, ``"hf-hub:org/name[@rev]"`` or ``"local-dir:/path"`` (``timm.create_model``);
-            a folder or Hub repo id with a transformers ``config.json`` of type dinov2,
-            dinov2_with_registers or vit (``from_pretrained``, which honours ``HF_HUB_OFFLINE``), or a timm
-            folder / repo (config.json with ``architecture``);
-            a timm ``VisionTransformer`` with plain ``Block`` s, a transformers Dinov2 / Dinov2WithRegisters /
-            ViT module (converted, :func:`convert_hf_vit`), or a Teacher.
+            a folder or Hub repo id with a transformers ``config.json`` of a type in
+            ``raptor_zoo.hf_convert.HF_CONVERTERS`` (``from_pretrained``, which honours ``HF_HUB_OFFLINE``; its
+            ``preprocessor_config.json`` gives the ``data_config``), or a timm folder / repo (config.json with
+            ``architecture``);
+            a timm ViT module of a supported family, a transformers module of a converted type (converted
+            exactly into timm, :mod:`raptor_zoo.hf_convert`), or a Teacher.
         pretrained: load the published weights (names and repo ids); ``False`` gives a random-init teacher.
         img_size: size to run the teacher at; none = the size its config (folder, module) or timm name
             declares, except that a DINOv2 checkpoint's stored 518 px grid runs at 224 (the paper's protocol:
@@ -949,7 +737,7 @@ def load_teacher(
             data_config=data_config,
         )
     if isinstance(source, nn.Module):
-        if _is_hf_vit(source):
+        if is_hf_teacher(source):
             return _teacher_from_hf_module(
                 source, name=type(source).__name__, source="module", revision=revision, img_size=img_size,
             )
@@ -957,7 +745,7 @@ def load_teacher(
             model_type = getattr(source.config, "model_type", None)
             raise TypeError(
                 f"{type(source).__name__} (transformers model_type {model_type!r}) is not a supported ViT; "
-                f"transformers teachers must be of type {', '.join(HF_VIT_MODEL_TYPES)}. Accepted: {_ACCEPTED}."
+                f"transformers teachers must be of type {', '.join(sorted(HF_CONVERTERS))}. Accepted: {_ACCEPTED}."
             )
         _check_timm_vit(source)
         return Teacher(source, name=type(source).__name__, source="module", revision=revision, img_size=img_size)
