@@ -2,7 +2,8 @@
 
 Names (DESIGN.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, the frontier teachers of other
 families (``raptor-dinov3-{small,small-plus,base,large,huge-plus,7b}-k{2,3,4}``, ``raptor-eva02-...``,
-``raptor-pe-core-...``, ``raptor-siglip-base-...``), relaxed variants
+``raptor-pe-core-...``, ``raptor-siglip-base-...``), Raptors of transformers teachers named after their repo
+(``raptor-dinov3-vits16-pretrain-lvd1689m-k2``, ``raptor-clip-vit-base-patch16-k2``, ...), relaxed variants
 ``...-r{R}`` (rank-R per-step adapters; parsed, derived from their base entry, never published yet), the alias
 ``raptor-dinov2-k2`` (the paper's model, ``raptor-dinov2-base-reg-k2``) and the embedded ``raptor-digits-k2``
 (package data, ``raptor_zoo/assets/raptor-digits-k2/``, loads offline).
@@ -175,9 +176,31 @@ def _frontier_entries() -> dict[str, ZooEntry]:
     return entries
 
 
+# transformers teachers (raptor_zoo.hf_convert): Hub repo id -> (recipe config, license); all 12 layers deep, k = 2
+# on the paper's DINOv2-B phases (7, 5) until phases are measured on their weights
+_TRANSFORMERS_TEACHERS: dict[str, tuple[str, str]] = {
+    "facebook/dinov3-vits16-pretrain-lvd1689m": ("recipes/configs/hf_dinov3_vits16_k2.yaml", "dinov3-license"),
+    "facebook/dinov3-vitb16-pretrain-lvd1689m": ("recipes/configs/hf_dinov3_vitb16_k2.yaml", "dinov3-license"),
+    "google/siglip2-base-patch16-224": ("recipes/configs/hf_siglip2_base_patch16_k2.yaml", "apache-2.0"),
+    "openai/clip-vit-base-patch16": ("recipes/configs/hf_clip_vit_base_patch16_k2.yaml", "mit"),
+}
+
+
+def _transformers_entries() -> dict[str, ZooEntry]:
+    """Raptors of transformers teachers, named ``raptor-<repo name>-k2``; built by the recipe from the repo id."""
+    entries = {}
+    for repo_id, (config, license_id) in _TRANSFORMERS_TEACHERS.items():
+        name = f"raptor-{repo_id.split('/')[1]}-k2"
+        entries[name] = ZooEntry(
+            name=name, teacher=repo_id, k=2, recipe_config=config, schedule_source="scaled", block_schedule=(7, 5),
+            teacher_hub_id=repo_id, license=license_id, datasets=("imagenet-1k",))
+    return entries
+
+
 ZOO: dict[str, ZooEntry] = {
     **_dinov2_entries(),
     **_frontier_entries(),
+    **_transformers_entries(),
     "raptor-digits-k2": ZooEntry(
         name="raptor-digits-k2",
         teacher="digits-vit",

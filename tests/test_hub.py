@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import AutoBackbone, AutoModel, AutoModelForImageClassification
 
@@ -17,6 +18,8 @@ import raptor_zoo
 from raptor_zoo import cards, hub, zoo
 from raptor_zoo.models.modeling_raptor import RaptorBackbone
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ARCH = "raptor_vit_small_patch14_reg4_dinov2_k2"
 TINY = dict(img_size=28, embed_dim=32, num_heads=2, block_schedule=(2, 1))
@@ -182,17 +185,28 @@ def test_list_models_covers_the_zoo():
         *(f"raptor-dinov3-{s}" for s in ("small", "small-plus", "base", "large", "huge-plus", "7b")),
         *(f"raptor-eva02-{s}" for s in ("small", "base", "large")),
         *(f"raptor-pe-core-{s}" for s in ("small", "base", "large")), "raptor-siglip-base")}
-    assert len(rows) == 25 + 39 == len(set(names))
+    transformers_teachers = {
+        "raptor-dinov3-vits16-pretrain-lvd1689m-k2": "facebook/dinov3-vits16-pretrain-lvd1689m",
+        "raptor-dinov3-vitb16-pretrain-lvd1689m-k2": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+        "raptor-siglip2-base-patch16-224-k2": "google/siglip2-base-patch16-224",
+        "raptor-clip-vit-base-patch16-k2": "openai/clip-vit-base-patch16"}
+    assert len(rows) == 25 + 39 + 4 == len(set(names))
     assert {f"raptor-dinov2-{s}{r}-k{k}" for s in ("small", "base", "large", "giant")
-            for r in ("", "-reg") for k in (2, 3, 4)} | {"raptor-digits-k2"} | frontier == set(names)
-    assert all(not row["published"] for row in rows if row["name"] in frontier)
+            for r in ("", "-reg") for k in (2, 3, 4)} | {"raptor-digits-k2"} | frontier | set(transformers_teachers) \
+        == set(names)
+    assert all(not row["published"] for row in rows if row["name"] in frontier | set(transformers_teachers))
     paper = next(row for row in rows if row["name"] == "raptor-dinov2-base-reg-k2")
     assert paper["aliases"] == ["raptor-dinov2-k2"]
     assert paper["block_schedule"] == (7, 5) and paper["schedule_source"] == "paper"
     assert paper["repo_id"] == "raptor-zoo/raptor-dinov2-base-reg-k2"
     assert not paper["published"] and not paper["available_offline"]
+    for name, repo_id in transformers_teachers.items():
+        entry = zoo.ZOO[name]
+        recipe = yaml.safe_load((REPO_ROOT / entry.recipe_config).read_text())
+        assert entry.teacher == entry.teacher_hub_id == recipe["teacher"] == repo_id
+        assert entry.recipe_command.startswith(f"accelerate launch recipes/distill.py --config {entry.recipe_config}")
     for entry in zoo.ZOO.values():
-        if not entry.embedded:
+        if not entry.embedded and entry.name not in transformers_teachers:
             cfg = timm.models.get_pretrained_cfg(entry.teacher)
             assert entry.teacher_hub_id == cfg.hf_hub_id
             with torch.device("meta"):
