@@ -47,6 +47,8 @@ from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPoo
 
 from .attention_maps import attention_probs
 from .configuration_raptor import RaptorConfig
+from .raptor_base import RaptorMixin
+from .raptor_timm import raptor_from_model_args
 from .raptor_vit import DepthScale, RaptorVisionTransformer
 
 __all__ = [
@@ -69,7 +71,7 @@ class RaptorStep(GradientCheckpointingLayer):
     def forward(
             self,
             hidden_states: torch.Tensor,
-            core: RaptorVisionTransformer,
+            core: RaptorMixin,
             step: int,
             output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -101,9 +103,10 @@ class RaptorPreTrainedModel(PreTrainedModel):
     model_tags = ["raptor", "timm"]
     accepts_loss_kwargs = False
 
-    def _build_raptor(self) -> RaptorVisionTransformer:
-        """The headless timm core (the classifier head, when there is one, is the head class's own module)."""
-        core = RaptorVisionTransformer(**self.config.timm_model_args(num_classes=0))
+    def _build_raptor(self) -> RaptorMixin:
+        """The headless timm core (the classifier head, when there is one, is the head class's own module): a
+        RaptorVisionTransformer, or the Raptor of another family (model_args with ``teacher_arch``)."""
+        core = raptor_from_model_args(self.config.timm_model_args(num_classes=0))
         for module in core.modules():
             if isinstance(module, DepthScale):
                 # zero last layer: a fresh Raptor block is exactly its init block (marked on the Linear itself,
@@ -115,6 +118,8 @@ class RaptorPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """timm's ViT init ('' mode) through transformers' guarded init functions (loaded tensors are kept)."""
         std = self.config.initializer_range
+        if hasattr(module, "init_non_persistent_buffers"):  # timm RoPE tables etc. (not in the checkpoint)
+            module.init_non_persistent_buffers()
         if getattr(module, "zero_init", False):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
@@ -138,9 +143,9 @@ class RaptorPreTrainedModel(PreTrainedModel):
                 init.normal_(module.reg_token, std=1e-6)
 
     @property
-    def core(self) -> RaptorVisionTransformer:
+    def core(self) -> RaptorMixin:
         """The wrapped headless timm Raptor."""
-        return self.raptor if isinstance(self.raptor, RaptorVisionTransformer) else self.raptor.core
+        return self.raptor if isinstance(self.raptor, RaptorMixin) else self.raptor.core
 
     def get_input_embeddings(self) -> nn.Module:
         return self.core.patch_embed
@@ -155,7 +160,7 @@ class RaptorPreTrainedModel(PreTrainedModel):
         """Classes of the timm head this model saves (0: none)."""
         return 0
 
-    def to_timm(self) -> RaptorVisionTransformer:
+    def to_timm(self) -> RaptorMixin:
         """The timm Raptor this model saves (with the classifier head for a head class), sharing its tensors."""
         return self.core
 
@@ -171,7 +176,9 @@ class RaptorPreTrainedModel(PreTrainedModel):
 
     def _use_fused_attention(self, fused: bool) -> None:
         for block in self.core.unique_blocks:
-            block.attn.fused_attn = fused
+            attn = getattr(block, "attn", None)
+            if hasattr(attn, "fused_attn"):
+                attn.fused_attn = fused
 
     def _trajectory(
             self,
@@ -239,11 +246,14 @@ class RaptorModel(RaptorPreTrainedModel):
         output_hidden_states, output_attentions, return_dict = self._resolve_flags(
             output_hidden_states, output_attentions, return_dict)
         last, hidden_states, attentions = self._trajectory(pixel_values, output_hidden_states, output_attentions)
-        sequence_output = self.raptor.norm(last)
-        if self.raptor.has_class_token:
+        core = self.raptor
+        sequence_output = core.finish(last)
+        if getattr(core, "global_pool", None) == "map":  # attention pooling (SigLIP): the pooled embedding
+            pooled_output = core.forward_head(sequence_output, pre_logits=True)
+        elif getattr(core, "cls_token", None) is not None:
             pooled_output = sequence_output[:, 0]
         else:
-            pooled_output = sequence_output[:, self.raptor.num_prefix_tokens:].mean(dim=1)
+            pooled_output = sequence_output[:, core.num_prefix_tokens:].mean(dim=1)
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output,
@@ -268,10 +278,10 @@ class RaptorForImageClassification(RaptorPreTrainedModel):
     def get_output_embeddings(self) -> None:
         return None
 
-    def to_timm(self) -> RaptorVisionTransformer:
+    def to_timm(self) -> RaptorMixin:
         """A timm Raptor with this classifier's head, built on the meta device and given this model's tensors."""
         with torch.device("meta"):
-            model = RaptorVisionTransformer(**self.config.timm_model_args(num_classes=self.num_labels))
+            model = raptor_from_model_args(self.config.timm_model_args(num_classes=self.num_labels))
         model.load_state_dict(self._timm_state_dict(self.state_dict()), strict=True, assign=True)
         core = self.core
         model.raptor_meta = dict(core.raptor_meta)
