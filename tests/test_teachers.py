@@ -27,6 +27,7 @@ from raptor_zoo.teachers import (
     ClsAvgVisionTransformer,
     Teacher,
     convert_hf_vit,
+    data_config_from_processor,
     hf_state_dict_to_timm,
     load_teacher,
     vit_config_from_hf,
@@ -390,6 +391,40 @@ def test_hf_repo_id_from_offline_cache(offline_hub, tmp_path):
         torch.testing.assert_close(
             t.trajectory(x), torch.stack(hf_model(pixel_values=x, output_hidden_states=True).hidden_states, 1),
             rtol=0, atol=1e-5)
+
+
+def test_processor_config_gives_the_data_config(offline_hub, tmp_path):
+    """A ViT folder or repo with CLIP-style preprocessing is normalised as its processor says, not with the ViT
+    defaults (0.5 mean/std, bilinear)."""
+    from transformers import ViTImageProcessor
+
+    hf_model = _perturb(ViTModel(_hf_config("vit")))
+    clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    processor = ViTImageProcessor(image_mean=list(clip_mean), image_std=list(clip_std), resample=3,
+                                  size={"height": 32, "width": 32})
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = offline_hub / "models--tiny-org--clip-normalised-vit" / "snapshots" / commit
+    for folder in (tmp_path / "vit", snapshot):
+        hf_model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(commit)
+    for source in (str(tmp_path / "vit"), "tiny-org/clip-normalised-vit"):
+        config = load_teacher(source).data_config
+        assert config["mean"] == pytest.approx(clip_mean) and config["std"] == pytest.approx(clip_std), source
+        assert (config["interpolation"], config["crop_mode"], config["input_size"]) == ("bicubic", "squash", (3, 32, 32))
+    assert load_teacher(hf_model).data_config["mean"] == (0.5, 0.5, 0.5)  # a module without processor: the defaults
+
+
+def test_data_config_from_processor_reads_resize_and_crop():
+    dinov2 = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+              "resample": 3, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    config = data_config_from_processor(dinov2, 224)
+    assert (config["crop_pct"], config["crop_mode"], config["interpolation"]) == (0.875, "center", "bicubic")
+    assert data_config_from_processor(dict(dinov2, do_center_crop=False), 112)["crop_pct"] == 1.0
+    assert data_config_from_processor({"do_normalize": False}, 32)["std"] == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="resample=9"):
+        data_config_from_processor({"resample": 9}, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------- errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
 from torch import nn
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "hf_model_type",
     "is_hf_teacher",
     "convert_hf_model",
+    "hf_hidden_states",
+    "vision_encoder",
     "hf_base_model",
     "hf_activation",
 ]
@@ -42,6 +45,10 @@ class HfConverter:
     None: the model runs at its config's ``image_size`` only."""
     default_run_size: Optional[Callable[[tuple[int, int]], tuple[int, int]]] = None
     """The size a teacher runs at when none is asked for, from the config's size (None: that size)."""
+    hidden_states: Optional[Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]] = None
+    """(model, normalised images [B, C, H, W]) -> transformers' own ``hidden_states`` for them, where the model
+    takes other inputs than ``pixel_values`` (e.g. patchified NaFlex input) or must be told not to mask;
+    None: the vision encoder called with ``pixel_values`` and ``output_hidden_states=True``."""
 
 
 HF_CONVERTERS: dict[str, HfConverter] = {}
@@ -101,6 +108,25 @@ def hf_activation(hidden_act: Any) -> str:
             f"hidden_act={hidden_act!r} has no exact timm equivalent; supported: {', '.join(HF_ACTIVATIONS)}."
         )
     return HF_ACTIVATIONS[hidden_act]
+
+
+def vision_encoder(hf_model: nn.Module) -> nn.Module:
+    """The module whose ``hidden_states`` a converted teacher reproduces: a parent model's ``vision_model`` (CLIP,
+    SigLIP, AIMv2), else the base model of a task wrapper, else the model itself."""
+    base = hf_base_model(hf_model)
+    return getattr(base, "vision_model", base)
+
+
+@torch.no_grad()
+def hf_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """transformers' own per-layer states of ``hf_model``'s vision encoder for normalised images, stacked
+    ``[B, L + 1, N, D]``: what a converted teacher's ``trajectory(images)`` must equal."""
+    converter = hf_converter(hf_model_type(hf_model))
+    if converter.hidden_states is not None:
+        states = converter.hidden_states(hf_model, images)
+    else:
+        states = vision_encoder(hf_model)(pixel_values=images, output_hidden_states=True).hidden_states
+    return torch.stack(tuple(states), dim=1)
 
 
 def convert_hf_model(hf_model: nn.Module) -> nn.Module:
