@@ -135,3 +135,4 @@ def convert_hf_model(hf_model: nn.Module) -> nn.Module:
 
 
 from . import vit  # noqa: E402,F401  (registers the converters)
+from . import siglip2  # noqa: E402,F401
