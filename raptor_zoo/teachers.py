@@ -32,7 +32,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config
 from torch import nn
 
-from .hf_convert import HF_CONVERTERS, hf_converter, hf_model_type, is_hf_teacher
+from .hf_convert import HF_CONVERTERS, describe_for_timm, hf_converter, hf_model_type, is_hf_teacher
 from .hf_convert.vit import (
     DINOV2_IMG_SIZE,
     DINOV2_STORED_IMG_SIZE,
@@ -351,6 +351,7 @@ def _teacher_from_hf_module(
     config = hf_model.config
     converter = hf_converter(hf_model_type(hf_model))
     model = converter.convert(hf_model)
+    describe_for_timm(model, hf_model)
     native_size = native_img_size(model)
     run_size = _pair(img_size) if img_size is not None else (
         converter.default_run_size(native_size) if converter.default_run_size else native_size)

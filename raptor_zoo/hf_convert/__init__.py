@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
+from timm.models import register_model
 from torch import nn
 
 __all__ = [
@@ -26,7 +27,12 @@ __all__ = [
     "vision_encoder",
     "hf_base_model",
     "hf_activation",
+    "describe_for_timm",
+    "transformers_vision_encoder",
 ]
+
+TIMM_ARCH = "transformers_vision_encoder"
+"""timm architecture that rebuilds a converted teacher from its transformers config (config.json of its Raptors)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,55 @@ def hf_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def convert_hf_model(hf_model: nn.Module) -> nn.Module:
     """A timm model computing exactly what ``hf_model``'s vision encoder computes (see each family's module)."""
     return hf_converter(hf_model_type(hf_model)).convert(hf_model)
+
+
+def describe_for_timm(model: nn.Module, hf_model: nn.Module) -> None:
+    """Record on a converted ``model`` how timm rebuilds it: architecture :data:`TIMM_ARCH` with the transformers
+    config as ``hf_config``, so a Raptor of this teacher saves a config.json that timm and raptor_zoo reload."""
+    config = hf_model.config.to_dict()
+    config.pop("_name_or_path", None)
+    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=TIMM_ARCH)
+    model.raptor_teacher_args = {"hf_config": config}
+
+
+@register_model
+def transformers_vision_encoder(
+        pretrained: bool = False,
+        *,
+        hf_config: dict[str, Any],
+        img_size: Any = None,
+        num_classes: Optional[int] = None,
+        global_pool: Optional[str] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """The timm model a transformers config converts into, random init: the teacher architecture of Raptors of
+    transformers teachers (weights come from the Raptor's checkpoint). ``img_size`` runs it at another size as
+    ``load_teacher`` did; ``num_classes`` / ``global_pool`` reset its classifier."""
+    if pretrained:
+        raise ValueError(f"{TIMM_ARCH} has no pretrained weights of its own; load the teacher with load_teacher().")
+    import transformers
+
+    hf_config = dict(hf_config)
+    config = transformers.AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+    architectures = getattr(config, "architectures", None) or []
+    model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
+        model_cls = transformers.AutoModel
+    hf_model = model_cls.from_config(config) if model_cls is transformers.AutoModel else model_cls._from_config(config)
+    converter = hf_converter(config.model_type)
+    model = converter.convert(hf_model.eval())
+    if img_size is not None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        from ..models.families import native_img_size
+
+        if size != native_img_size(model):
+            if converter.set_run_size is None:
+                raise ValueError(f"A converted {config.model_type} model runs at its config's image_size only.")
+            converter.set_run_size(model, size)
+    if num_classes is not None or global_pool is not None:
+        model.reset_classifier(model.num_classes if num_classes is None else num_classes, global_pool)
+    describe_for_timm(model, hf_model)
+    return model
 
 
 from . import vit  # noqa: E402,F401  (registers the converters)

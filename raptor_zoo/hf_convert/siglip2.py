@@ -332,9 +332,24 @@ def siglip2_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any
     }
 
 
+def siglip2_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """transformers' hidden_states for normalised images at a multiple of the patch size, given as
+    Siglip2ImageProcessor gives them: its own patchify, no padding (full mask), spatial_shapes = (H / p, W / p)."""
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    tower = siglip2_vision_tower(hf_model)
+    patch = _patch_size(tower.config)
+    patches = torch.stack([convert_image_to_patches(image, patch) for image in images])
+    batch, num_patches = patches.shape[:2]
+    grid = [images.shape[2] // patch, images.shape[3] // patch]
+    return tower(pixel_values=patches, pixel_attention_mask=torch.ones(batch, num_patches, dtype=torch.int32),
+                 spatial_shapes=torch.tensor([grid] * batch), output_hidden_states=True).hidden_states
+
+
 register_hf_converter(HfConverter(
     model_types=HF_SIGLIP2_MODEL_TYPES,
     convert=convert_hf_siglip2,
     data_config=siglip2_data_config,
     set_run_size=set_siglip2_run_size,
+    hidden_states=siglip2_hidden_states,
 ))

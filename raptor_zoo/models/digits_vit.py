@@ -1,6 +1,6 @@
 """ Embedded digits teacher: a small DINOv2-shaped timm ViT trained on scikit-learn's digits
 
-A timm `VisionTransformer` in the shape of timm's `vit_*_patch14_reg4_dinov2` models (class token, 4 register
+`vit_digits_patch8_reg4` is a timm `VisionTransformer` in the shape of timm's `vit_*_patch14_reg4_dinov2` models (class token, 4 register
 tokens, no position embedding on the prefix tokens, LayerScale 1e-5), shrunk to 32x32 inputs: patch 8
 (16 patches), width 128, depth 12, 4 heads. It is trained from scratch by `recipes/train_teacher.py` on the
 project's fixed digits training split (`raptor_zoo.data.load_digits_split`) and its weights ship inside the
@@ -9,13 +9,20 @@ package (`raptor_zoo/assets/digits-vit/`, fp16 safetensors), so real teacher com
     model = timm.create_model('vit_digits_patch8_reg4.digits', pretrained=True)  # shipped weights, offline
     model = timm.create_model('vit_digits_patch8_reg4', pretrained=False)        # random init
 
+`vit_digits_patch8_reg4_dinov3` is the same size in DINOv3's shape (a timm `Eva`: 2-D RoPE, no absolute position
+embedding, 4 registers, LayerScale 1e-5, no qkv bias), the second digits teacher, of another family; it ships no
+weights and is trained by `python recipes/train_teacher.py --config recipes/configs/digits_teacher_dinov3.yaml`.
+
 Architecture after: `DINOv2: Learning Robust Visual Features without Supervision` - https://arxiv.org/abs/2304.07193
 and `Vision Transformers Need Registers` - https://arxiv.org/abs/2309.16588
 """
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict
 
+from timm.layers import LayerNorm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 __all__ = ['DIGITS_VIT_WEIGHTS', 'DIGITS_MEAN', 'DIGITS_STD']
@@ -58,6 +65,7 @@ def _cfg(file: str = '', **kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
+    'vit_digits_patch8_reg4_dinov3': _cfg(),
     'vit_digits_patch8_reg4.digits': _cfg(
         file=str(DIGITS_VIT_WEIGHTS),
         label_names=tuple(str(digit) for digit in range(10)),
@@ -75,3 +83,22 @@ def vit_digits_patch8_reg4(pretrained: bool = False, **kwargs) -> VisionTransfor
         reg_tokens=4, class_token=True, no_embed_class=True, num_classes=10,
     )
     return _create_digits_vit('vit_digits_patch8_reg4', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vit_digits_patch8_reg4_dinov3(pretrained: bool = False, **kwargs) -> Eva:
+    """ ViT-Digits/8 in DINOv3's shape (timm Eva: RoPE, 4 registers, LayerScale; 32x32 input, D=128, depth 12)
+    """
+    model_args = dict(
+        img_size=32, patch_size=8, embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, qkv_bias=False,
+        init_values=1e-5, rope_type='dinov3', rope_temperature=100, rope_rotate_half=True, use_rot_pos_emb=True,
+        use_abs_pos_emb=False, num_reg_tokens=4, use_fc_norm=False, global_pool='token', num_classes=10,
+        norm_layer=partial(LayerNorm, eps=1e-5),
+    )
+    return build_model_with_cfg(
+        Eva,
+        'vit_digits_patch8_reg4_dinov3',
+        pretrained,
+        feature_cfg=dict(out_indices=3, feature_cls='getter'),
+        **dict(model_args, **kwargs),
+    )

@@ -148,7 +148,8 @@ class RaptorPreTrainedModel(PreTrainedModel):
         return self.raptor if isinstance(self.raptor, RaptorMixin) else self.raptor.core
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.core.patch_embed
+        core = self.core
+        return core.patch_embed if hasattr(core, "patch_embed") else core.embeds  # NaFlexVit: embeds
 
     def _timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This model's state_dict with timm keys (the documented mapping, reversed)."""
@@ -196,7 +197,7 @@ class RaptorPreTrainedModel(PreTrainedModel):
         # returned attention maps must be the probabilities the blocks used: explicit softmax for that call
         self._use_fused_attention(self.config._attn_implementation != "eager" and not output_attentions)
         core = self.core
-        x = core._embed(pixel_values.to(dtype=core.patch_embed.proj.weight.dtype))
+        x = core._embed(pixel_values.to(dtype=next(core.parameters()).dtype))
         states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for step in range(core.depth):
