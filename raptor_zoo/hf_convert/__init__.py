@@ -109,3 +109,5 @@ def convert_hf_model(hf_model: nn.Module) -> nn.Module:
 
 
 from . import vit  # noqa: E402,F401  (registers the converters)
+from . import beit  # noqa: E402,F401
+from . import dinov3  # noqa: E402,F401
