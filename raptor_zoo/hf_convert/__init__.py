@@ -191,3 +191,5 @@ def transformers_vision_encoder(
 
 from . import vit  # noqa: E402,F401  (registers the converters)
 from . import siglip2  # noqa: E402,F401
+from . import beit  # noqa: E402,F401
+from . import dinov3  # noqa: E402,F401
