@@ -10,7 +10,8 @@ goes through:
   when the max abs difference is 0, `within 1e-5` when it is <= 1e-5 relative, else a failure;
 - `reproduce`: a Raptor with schedule (1,) * L gives the teacher's forward_features exactly;
 - `train`: a k = 2 Raptor runs forward and backward;
-- `flops`: FLOPs of the k = 2 Raptor / its teacher (`torch.utils.flop_counter`, math SDPA), 1.000 +- 0.005;
+- `flops`: FLOPs of the k = 2 Raptor / its teacher at the config class's default (full) size, built on the meta
+  device (`torch.utils.flop_counter`, math SDPA), 1.000 +- 0.005;
 - `round_trip`: the saved Raptor folder loads with `transformers.AutoModel` (after `import raptor_zoo`) and
   `raptor_zoo.from_pretrained`, and both give the Raptor's features (<= 1e-5).
 
@@ -37,6 +38,7 @@ from torch import nn
 import raptor_zoo
 from raptor_zoo.flops import count_flops
 from raptor_zoo.hf_convert import HF_CONVERTERS, hf_hidden_states
+from raptor_zoo.models.raptor_base import even_block_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "coverage"
@@ -153,10 +155,15 @@ def check_type(model_type: str, seed: int = 0) -> dict[str, Any]:
         return {"ok": not missing, **({"reason": f"no gradient on {missing[0]}"} if missing else {})}
 
     def flops() -> dict[str, Any]:
-        input_size = (3, IMG_SIZE, IMG_SIZE)
-        ratio = count_flops(state["raptor"], input_size) / count_flops(state["teacher"].model, input_size)
+        model_name, config_name, _ = TINY_MODELS[model_type]
+        with torch.device("meta"):  # the config class's default (full) size, no memory
+            full = raptor_zoo.load_teacher(getattr(transformers, model_name)(getattr(transformers, config_name)()))
+            raptor = raptor_zoo.from_teacher(full, block_schedule=even_block_schedule(full.depth, 2))
+        input_size = (3, *full.img_size)
+        ratio = count_flops(raptor, input_size) / count_flops(full.model, input_size)
         ok = abs(ratio - 1) <= 0.005
-        return {"ok": ok, "ratio": ratio, **({} if ok else {"reason": f"ratio {ratio:.4f}"})}
+        return {"ok": ok, "ratio": ratio, "input_size": list(input_size), "depth": full.depth,
+                **({} if ok else {"reason": f"ratio {ratio:.4f}"})}
 
     def round_trip() -> dict[str, Any]:
         raptor = state["raptor"]
@@ -174,7 +181,7 @@ def check_type(model_type: str, seed: int = 0) -> dict[str, Any]:
 
     for name, fn, needs in (("teacher", teacher, None), ("exact", exact, "teacher"),
                             ("reproduce", reproduce, "teacher"), ("train", train, "teacher"),
-                            ("flops", flops, "raptor"), ("round_trip", round_trip, "raptor")):
+                            ("flops", flops, "teacher"), ("round_trip", round_trip, "raptor")):
         if needs is not None and needs not in state:
             checks[name] = {"ok": False, "reason": f"needs {needs}"}
             continue

@@ -120,6 +120,8 @@ def vision_encoder(hf_model: nn.Module) -> nn.Module:
     """The module whose ``hidden_states`` a converted teacher reproduces: a parent model's ``vision_model`` (CLIP,
     SigLIP, AIMv2), else the base model of a task wrapper, else the model itself."""
     base = hf_base_model(hf_model)
+    if not hasattr(base, "embeddings") and hasattr(hf_model, "embeddings"):  # DINOv3ViTModel.base_model: its layers
+        base = hf_model
     return getattr(base, "vision_model", base)
 
 

@@ -476,9 +476,35 @@ register_hf_converter(HfConverter(
     set_run_size=set_vit_run_size,
     default_run_size=_dinov2_run_size,
 ))
+def vit_mae_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """transformers' ViT-MAE encoder states of every patch in order: mask_ratio 0 and increasing ``noise``, so its
+    shuffle is the identity (what a converted MAE teacher computes)."""
+    encoder = hf_base_model(hf_model)
+    patch_height, patch_width = _pair_of(encoder.config.patch_size)
+    num_patches = (images.shape[-2] // patch_height) * (images.shape[-1] // patch_width)
+    noise = torch.arange(num_patches, device=images.device).expand(images.shape[0], -1).float()
+    mask_ratio, encoder.config.mask_ratio = encoder.config.mask_ratio, 0.0
+    try:
+        return encoder(pixel_values=images, noise=noise, output_hidden_states=True,
+                       interpolate_pos_encoding=images.shape[-2:] != _pair_of(encoder.config.image_size)).hidden_states
+    finally:
+        encoder.config.mask_ratio = mask_ratio
+
+
+def _pair_of(size: Any) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 register_hf_converter(HfConverter(
-    model_types=("deit", "ijepa", "vit", "vit_mae", "vit_msn"),
+    model_types=("deit", "ijepa", "vit", "vit_msn"),
     convert=convert_hf_vit,
     data_config=_hf_data_config,
     set_run_size=set_vit_run_size,
+))
+register_hf_converter(HfConverter(
+    model_types=("vit_mae",),
+    convert=convert_hf_vit,
+    data_config=_hf_data_config,
+    set_run_size=set_vit_run_size,
+    hidden_states=vit_mae_hidden_states,
 ))
