@@ -147,7 +147,13 @@ def describe_for_timm(model: nn.Module, hf_model: nn.Module) -> None:
     config as ``hf_config``, so a Raptor of this teacher saves a config.json that timm and raptor_zoo reload."""
     config = hf_model.config.to_dict()
     config.pop("_name_or_path", None)
-    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=TIMM_ARCH)
+    pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=TIMM_ARCH)
+    id2label = getattr(hf_model.config, "id2label", None) or {}
+    label_names = [id2label[i] for i in sorted(id2label)]
+    if getattr(model, "num_classes", 0) == len(label_names) and label_names != [f"LABEL_{i}" for i in
+                                                                                range(len(label_names))]:
+        pretrained_cfg["label_names"] = tuple(label_names)  # the classifier's class names reach the Raptor's card
+    model.pretrained_cfg = pretrained_cfg
     model.raptor_teacher_args = {"hf_config": config}
 
 

@@ -391,9 +391,13 @@ def raptor_from_teacher(
         model.init_adapters_from_teacher(teacher.blocks)
     model.pretrained_cfg = dict(
         getattr(model, 'pretrained_cfg', {}) or {}, **{
-            key: teacher.data_config[key] for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')
+            key: teacher.data_config[key]
+            for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')
             if key in teacher.data_config},
         num_classes=model.num_classes)
+    label_names = (getattr(teacher.model, 'pretrained_cfg', None) or {}).get('label_names')
+    if label_names and len(label_names) == model.num_classes == getattr(teacher.model, 'num_classes', None):
+        model.pretrained_cfg['label_names'] = tuple(label_names)  # the teacher's head, kept: its class names too
     model.raptor_meta = dict(
         meta, teacher=teacher.name, teacher_revision=teacher.revision, teacher_source=teacher.source,
         teacher_depth=teacher.depth, init=init, block_schedule=list(schedule),
