@@ -103,6 +103,7 @@ def _candidate_kwargs(arch: str, cfg: CoverageConfig) -> List[Dict[str, Any]]:
         extra = dict(window_size=2, global_attn_indexes=(1, 3))
     candidates = [
         dict(depth=cfg.depth, **dims, **extra),
+        dict(depth=cfg.depth, **dims, num_kv_heads=1, **extra),  # grouped-query attention (Sapiens2)
         dict(depth=cfg.depth, **extra),
         dict(**extra),
     ]

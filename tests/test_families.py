@@ -244,3 +244,19 @@ def test_coverage_sweep_of_every_registered_arch():
     passed = sum(row['passed'] for row in rows)
     failing = {row['arch']: row['checks'] for row in rows if not row['passed']}
     assert passed >= 0.95 * len(rows), failing
+
+
+@pytest.mark.slow
+def test_digits_families_benchmark_quick(tmp_path):
+    """benchmarks/digits_families.py end to end at a few steps: trains the DINOv3-shaped Eva digits teacher, distils
+    k = 2 Raptors of both digits teachers and writes the summary, table and plot."""
+    spec = importlib.util.spec_from_file_location('digits_families', REPO / 'benchmarks' / 'digits_families.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main(['--quick', '--seeds', '0', '--work-dir', str(tmp_path / 'work'),
+                           '--out-dir', str(tmp_path / 'out')])
+    assert set(summary) == {'digits-vit', 'vit_digits_patch8_reg4_dinov3'}
+    for row in summary.values():
+        assert row['runs'] == 1 and len(row['cosine_per_layer']) == 13 and 0 < row['recovery_mean'] <= 1.2
+    assert (tmp_path / 'out' / 'cosine_per_layer.png').stat().st_size > 0
+    assert '`vit_digits_patch8_reg4_dinov3` | Eva (DINOv3 shape)' in (tmp_path / 'out' / 'tables.md').read_text()
