@@ -109,3 +109,4 @@ def convert_hf_model(hf_model: nn.Module) -> nn.Module:
 
 
 from . import vit  # noqa: E402,F401  (registers the converters)
+from . import clip  # noqa: E402,F401  (registers the converters)
