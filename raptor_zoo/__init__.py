@@ -7,6 +7,7 @@ from .models.raptor_base import RaptorMixin
 from .models.raptor_timm import raptor_from_teacher as from_teacher
 from .models.raptor_vit import RaptorVisionTransformer
 from .teachers import Teacher, load_teacher
+from .hf_convert.clip import swap_vision_tower
 from .hub import load_pretrained as from_pretrained, push_to_hub, save_pretrained
 from .zoo import list_models
 

@@ -201,3 +201,4 @@ from . import vit  # noqa: E402,F401  (registers the converters)
 from . import siglip2  # noqa: E402,F401
 from . import beit  # noqa: E402,F401
 from . import dinov3  # noqa: E402,F401
+from . import clip  # noqa: E402,F401  (registers the converters)
