@@ -5,6 +5,7 @@ side), with LayerScale gains perturbed so every block changes the state. The ful
 timm registers is benchmarks/coverage.py (`-m slow` here).
 """
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -247,11 +248,12 @@ def test_coverage_sweep_of_every_registered_arch():
 
 
 @pytest.mark.slow
-def test_digits_families_benchmark_quick(tmp_path):
+def test_digits_families_benchmark_quick(tmp_path, monkeypatch):
     """benchmarks/digits_families.py end to end at a few steps: trains the DINOv3-shaped Eva digits teacher, distils
     k = 2 Raptors of both digits teachers and writes the summary, table and plot."""
     spec = importlib.util.spec_from_file_location('digits_families', REPO / 'benchmarks' / 'digits_families.py')
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass resolves annotations through sys.modules
     spec.loader.exec_module(module)
     summary = module.main(['--quick', '--seeds', '0', '--work-dir', str(tmp_path / 'work'),
                            '--out-dir', str(tmp_path / 'out')])
