@@ -10,6 +10,7 @@ Each teacher gets k = 2 Raptors distilled with recipes/configs/digits_k2.yaml fo
 held-out accuracy recovery and the per-layer cosine to the teacher's trajectory.
 
     python benchmarks/digits_families.py                  # 2 teachers x 3 seeds (about 40 min on 2 CPU cores)
+    python benchmarks/digits_families.py --steps 600      # a longer budget (runs named ...-600steps)
     python benchmarks/digits_families.py --report-only    # tables and plot from the finished runs
     python benchmarks/digits_families.py --quick          # a few steps per run (tests)
 
@@ -44,6 +45,10 @@ class FamiliesConfig:
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"group": "Grid", "help": "Raptor seeds"})
     raptor_config: str = field(default="recipes/configs/digits_k2.yaml", metadata={
         "group": "Runs", "help": "config of every Raptor (teacher and seed set per run)"})
+    steps: Optional[int] = field(default=None, metadata={
+        "group": "Runs", "help": "distillation steps; none = the Raptor config's (300)"})
+    teachers: tuple[str, ...] = field(default=tuple(TEACHERS), metadata={
+        "group": "Runs", "help": "teachers to distil from (of: " + ", ".join(TEACHERS) + ")"})
     quick: bool = field(default=False, metadata={"group": "Runs", "help": "a few steps per run (tests)"})
     work_dir: str = field(default="outputs/digits_families", metadata={
         "group": "Output", "help": "trained teacher and Raptors (not committed)"})
@@ -66,10 +71,16 @@ def teacher_source(config: FamiliesConfig, name: str) -> str:
     return str(output_dir)
 
 
+def run_name(config: FamiliesConfig, name: str, seed: int) -> str:
+    return f"{name}-k2-s{seed}" + (f"-{config.steps}steps" if config.steps else "")
+
+
 def run_raptor(config: FamiliesConfig, name: str, seed: int) -> dict[str, Any]:
-    output_dir = Path(config.work_dir) / f"raptor-{name}-k2-s{seed}"
+    output_dir = Path(config.work_dir) / f"raptor-{run_name(config, name, seed)}"
     argv = ["--config", str(_repo_path(config.raptor_config)), "--teacher", teacher_source(config, name),
             "--seed", str(seed), "--output-dir", str(output_dir), "--resume", "latest", "--cpu"]
+    if config.steps:
+        argv += ["--max-steps", str(config.steps)]
     if config.quick:
         argv += ["--max-steps", "4", "--phase-images", "64", "--max-train-images", "256"]
     metrics = training_function(parse_config(DistillConfig, argv))
@@ -82,14 +93,13 @@ def run_raptor(config: FamiliesConfig, name: str, seed: int) -> dict[str, Any]:
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for name in TEACHERS:
-        group = [r for r in records if r["teacher"] == name]
-        if not group:
-            continue
+    for key in sorted({(r["teacher"], r["steps"]) for r in records}, key=lambda k: (list(TEACHERS).index(k[0]), k[1])):
+        name, steps = key
+        group = [r for r in records if (r["teacher"], r["steps"]) == key]
         recovery = np.array([r["recovery"] for r in group])
         cosine = np.array([r["mean_cosine"] for r in group])
-        summary[name] = {
-            "runs": len(group), "teacher_accuracy": group[0]["teacher_accuracy"],
+        summary[f"{name} @ {steps} steps"] = {
+            "teacher": name, "steps": steps, "runs": len(group), "teacher_accuracy": group[0]["teacher_accuracy"],
             "recovery_mean": float(recovery.mean()), "recovery_sd": float(recovery.std(ddof=1)) if len(group) > 1 else 0.0,
             "mean_cosine_mean": float(cosine.mean()), "mean_cosine_sd": float(cosine.std(ddof=1)) if len(group) > 1 else 0.0,
             "cosine_per_layer": np.mean([r["cosine_per_layer"] for r in group], axis=0).tolist(),
@@ -99,11 +109,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = ["| teacher | family | teacher accuracy | k = 2 recovery (mean ± sd) | mean per-layer cosine | runs |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| teacher | family | steps | teacher accuracy | k = 2 recovery (mean ± sd) | mean per-layer cosine | runs |",
+             "|---|---|---|---|---|---|---|"]
     family = {"digits-vit": "VisionTransformer", "vit_digits_patch8_reg4_dinov3": "Eva (DINOv3 shape)"}
-    for name, row in summary.items():
-        lines.append(f"| `{name}` | {family[name]} | {100 * row['teacher_accuracy']:.1f}% | "
+    for row in summary.values():
+        lines.append(f"| `{row['teacher']}` | {family[row['teacher']]} | {row['steps']} | {100 * row['teacher_accuracy']:.1f}% | "
                      f"{100 * row['recovery_mean']:.1f} ± {100 * row['recovery_sd']:.1f}% | "
                      f"{row['mean_cosine_mean']:.4f} ± {row['mean_cosine_sd']:.4f} | {row['runs']} |")
     return "\n".join(lines)
@@ -124,9 +134,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     config = parse_config(FamiliesConfig, list(sys.argv[1:] if argv is None else argv))
     runs_dir = Path(config.out_dir) / "runs"
     if not config.report_only:
-        for name in reversed(TEACHERS):  # the trained family first: the shipped one is the reference
+        for name in reversed(config.teachers):  # the trained family first: the shipped one is the reference
             for seed in config.seeds:
-                path = runs_dir / f"{name}-k2-s{seed}.json"
+                path = runs_dir / f"{run_name(config, name, seed)}.json"
                 if not path.is_file():
                     write_json_atomic(path, run_raptor(config, name, seed))
     records = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
