@@ -9,7 +9,6 @@
     raptor-zoo export    a Raptor as ONNX or a torch.export program, checked against eager
 """
 import argparse
-import itertools
 import sys
 from typing import Iterator, List, Optional
 
