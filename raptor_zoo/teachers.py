@@ -32,7 +32,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config
 from torch import nn
 
-from .hf_convert import HF_CONVERTERS, describe_for_timm, hf_converter, hf_model_type, is_hf_teacher
+from .hf_convert import HF_CONVERTERS, describe_for_timm, hf_converter, hf_model_class, hf_model_type, is_hf_teacher
 from .hf_convert.vit import (
     DINOV2_IMG_SIZE,
     DINOV2_STORED_IMG_SIZE,
@@ -559,18 +559,6 @@ def _read_config_json(
         return json.load(f), commit
 
 
-def _hf_model_class(config: Any) -> Any:
-    """The transformers class a folder was saved from (``architectures[0]``, e.g. ``CLIPVisionModelWithProjection``,
-    ``DeiTForImageClassificationWithTeacher``) when transformers has it, else ``AutoModel``."""
-    import transformers
-
-    architectures = getattr(config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    if isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel):
-        return model_cls
-    return transformers.AutoModel
-
-
 def _read_processor_config(location: str, *, is_folder: bool, revision: str | None) -> dict[str, Any] | None:
     """preprocessor_config.json of a folder or Hub repo, or None where there is none."""
     if is_folder:
@@ -604,7 +592,7 @@ def _load_hf_teacher(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(location, revision=revision)
-    model_cls = _hf_model_class(config)
+    model_cls = hf_model_class(config)
     if pretrained:
         try:
             hf_model = model_cls.from_pretrained(location, revision=revision, **kwargs)

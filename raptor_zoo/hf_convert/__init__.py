@@ -28,6 +28,8 @@ __all__ = [
     "hf_base_model",
     "hf_activation",
     "describe_for_timm",
+    "hf_model_class",
+    "pair",
     "transformers_vision_encoder",
 ]
 
@@ -66,6 +68,11 @@ def register_hf_converter(converter: HfConverter) -> HfConverter:
     for model_type in converter.model_types:
         HF_CONVERTERS[model_type] = converter
     return converter
+
+
+def pair(size: Any) -> tuple[int, int]:
+    """A transformers ``image_size`` / ``patch_size`` (an int or a pair) as an (height, width) pair of ints."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def hf_model_type(module: Any) -> Optional[str]:
@@ -142,6 +149,18 @@ def convert_hf_model(hf_model: nn.Module) -> nn.Module:
     return hf_converter(hf_model_type(hf_model)).convert(hf_model)
 
 
+def hf_model_class(config: Any) -> Any:
+    """The transformers class a config was saved from (``architectures[0]``, e.g. ``CLIPVisionModelWithProjection``,
+    ``DeiTForImageClassificationWithTeacher``) when transformers has it, else ``AutoModel``."""
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    model_cls = getattr(transformers, architectures[0], None) if architectures else None
+    if isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel):
+        return model_cls
+    return transformers.AutoModel
+
+
 def describe_for_timm(model: nn.Module, hf_model: nn.Module) -> None:
     """Record on a converted ``model`` how timm rebuilds it: architecture :data:`TIMM_ARCH` with the transformers
     config as ``hf_config``, so a Raptor of this teacher saves a config.json that timm and raptor_zoo reload."""
@@ -176,15 +195,12 @@ def transformers_vision_encoder(
 
     hf_config = dict(hf_config)
     config = transformers.AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
-    architectures = getattr(config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
-        model_cls = transformers.AutoModel
+    model_cls = hf_model_class(config)
     hf_model = model_cls.from_config(config) if model_cls is transformers.AutoModel else model_cls._from_config(config)
     converter = hf_converter(config.model_type)
     model = converter.convert(hf_model.eval())
     if img_size is not None:
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        size = pair(img_size)
         from ..models.families import native_img_size
 
         if size != native_img_size(model):

@@ -26,7 +26,7 @@ from timm.layers import LayerNorm
 from timm.models.beit import Beit, RelativePositionBias
 from torch import nn
 
-from . import HfConverter, register_hf_converter
+from . import HfConverter, pair, register_hf_converter
 
 __all__ = [
     "HF_BEIT_MODEL_TYPES",
@@ -45,10 +45,6 @@ HF_BEIT_MODEL_TYPES = ("beit", "data2vec-vision")
 BEIT_MEAN = (0.5, 0.5, 0.5)
 BEIT_STD = (0.5, 0.5, 0.5)
 """``BeitImageProcessor`` defaults (IMAGENET_STANDARD_MEAN / _STD), used by BEiT and Data2Vec-vision."""
-
-
-def _pair(size: Any) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def beit_config_from_hf(config: Any) -> dict[str, Any]:
@@ -75,7 +71,7 @@ def beit_config_from_hf(config: Any) -> dict[str, Any]:
         raise ValueError(
             f"hidden_act={config.hidden_act!r}: timm Beit blocks use GELU (erf) only; supported: 'gelu'."
         )
-    patch_size = _pair(config.patch_size)
+    patch_size = pair(config.patch_size)
     if patch_size[0] != patch_size[1]:
         raise ValueError(f"patch_size={config.patch_size!r}: only square patches are supported.")
     mlp_hidden = config.intermediate_size
@@ -84,7 +80,7 @@ def beit_config_from_hf(config: Any) -> dict[str, Any]:
         mlp_ratio = (mlp_hidden + 0.5) / embed_dim
     mean_pooling = bool(config.use_mean_pooling)
     return dict(
-        img_size=_pair(config.image_size),
+        img_size=pair(config.image_size),
         patch_size=patch_size[0],
         in_chans=config.num_channels,
         num_classes=0,

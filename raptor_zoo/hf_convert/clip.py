@@ -197,6 +197,19 @@ _LAYER_RENAMES = {
 }
 _LAYER_RENAMES["siglip"] = _LAYER_RENAMES["clip"]
 _QKV = {"clip": "self_attn", "siglip": "self_attn", "aimv2": "attention"}
+SIGLIP_POOL_RENAMES = {
+    "head.probe": "attn_pool.latent",
+    "head.attention.out_proj.weight": "attn_pool.proj.weight",
+    "head.attention.out_proj.bias": "attn_pool.proj.bias",
+    "head.layernorm.weight": "attn_pool.norm.weight",
+    "head.layernorm.bias": "attn_pool.norm.bias",
+    "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight",
+    "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias",
+    "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight",
+    "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias",
+}
+"""SigLIP's attention-pool head (``SiglipMultiheadAttentionPoolingHead``, also SigLIP2's) -> timm AttentionPoolLatent
+keys; its ``in_proj`` is split into ``q`` / ``kv`` separately."""
 _TOP_RENAMES = {
     "clip": {
         "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
@@ -210,15 +223,7 @@ _TOP_RENAMES = {
         "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
         "post_layernorm.weight": "norm.weight",
         "post_layernorm.bias": "norm.bias",
-        "head.probe": "attn_pool.latent",
-        "head.attention.out_proj.weight": "attn_pool.proj.weight",
-        "head.attention.out_proj.bias": "attn_pool.proj.bias",
-        "head.layernorm.weight": "attn_pool.norm.weight",
-        "head.layernorm.bias": "attn_pool.norm.bias",
-        "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight",
-        "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias",
-        "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight",
-        "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias",
+        **SIGLIP_POOL_RENAMES,
     },
     "aimv2": {
         "embeddings.patch_embed.weight": "patch_embed.proj.weight",

@@ -27,7 +27,7 @@ from timm.layers import LayerNorm
 from timm.models.eva import Eva
 from torch import nn
 
-from . import HfConverter, register_hf_converter
+from . import HfConverter, pair, register_hf_converter
 
 __all__ = [
     "HF_DINOV3_MODEL_TYPES",
@@ -43,10 +43,6 @@ HF_DINOV3_MODEL_TYPES = ("dinov3_vit",)
 
 _GATED_ACTIVATIONS = ("silu", "swish")  # timm's SwiGLU gate is SiLU
 _PLAIN_ACTIVATIONS = ("gelu",)  # timm's Eva builds its plain MLP with GELU (erf)
-
-
-def _pair(size: Any) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def dinov3_config_from_hf(config: Any) -> dict[str, Any]:
@@ -74,7 +70,7 @@ def dinov3_config_from_hf(config: Any) -> dict[str, Any]:
             "key_bias=True: timm's Eva attention has no key bias (a fixed zero, as in every DINOv3 checkpoint); "
             "supported: key_bias=False."
         )
-    patch_size = _pair(config.patch_size)
+    patch_size = pair(config.patch_size)
     if patch_size[0] != patch_size[1]:
         raise ValueError(f"patch_size={config.patch_size!r}: only square patches are supported.")
     mlp_hidden = config.intermediate_size
@@ -93,7 +89,7 @@ def dinov3_config_from_hf(config: Any) -> dict[str, Any]:
     if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
         mlp_ratio = (mlp_hidden + 0.5) / embed_dim
     return dict(
-        img_size=_pair(config.image_size),
+        img_size=pair(config.image_size),
         patch_size=patch_size[0],
         in_chans=config.num_channels,
         num_classes=0,

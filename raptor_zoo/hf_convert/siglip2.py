@@ -37,6 +37,7 @@ from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
 from torch import nn
 
 from . import HfConverter, hf_activation, register_hf_converter
+from .clip import SIGLIP_POOL_RENAMES
 
 __all__ = [
     "HF_SIGLIP2_MODEL_TYPES",
@@ -166,15 +167,7 @@ _HF_TOP_RENAMES = {
     "embeddings.patch_embedding.bias": "embeds.proj.bias",
     "post_layernorm.weight": "norm.weight",
     "post_layernorm.bias": "norm.bias",
-    "head.probe": "attn_pool.latent",
-    "head.attention.out_proj.weight": "attn_pool.proj.weight",
-    "head.attention.out_proj.bias": "attn_pool.proj.bias",
-    "head.layernorm.weight": "attn_pool.norm.weight",
-    "head.layernorm.bias": "attn_pool.norm.bias",
-    "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight",
-    "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias",
-    "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight",
-    "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias",
+    **SIGLIP_POOL_RENAMES,
     "classifier.weight": "head.weight",
     "classifier.bias": "head.bias",
 }

@@ -29,7 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..models.raptor_vit import cls_avg_pool
-from . import HfConverter, hf_activation, hf_base_model, register_hf_converter
+from . import HfConverter, hf_activation, hf_base_model, pair, register_hf_converter
 
 __all__ = [
     "DINOV2_IMG_SIZE",
@@ -480,19 +480,15 @@ def vit_mae_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> tuple[to
     """transformers' ViT-MAE encoder states of every patch in order: mask_ratio 0 and increasing ``noise``, so its
     shuffle is the identity (what a converted MAE teacher computes)."""
     encoder = hf_base_model(hf_model)
-    patch_height, patch_width = _pair_of(encoder.config.patch_size)
+    patch_height, patch_width = pair(encoder.config.patch_size)
     num_patches = (images.shape[-2] // patch_height) * (images.shape[-1] // patch_width)
     noise = torch.arange(num_patches, device=images.device).expand(images.shape[0], -1).float()
     mask_ratio, encoder.config.mask_ratio = encoder.config.mask_ratio, 0.0
     try:
         return encoder(pixel_values=images, noise=noise, output_hidden_states=True,
-                       interpolate_pos_encoding=images.shape[-2:] != _pair_of(encoder.config.image_size)).hidden_states
+                       interpolate_pos_encoding=images.shape[-2:] != pair(encoder.config.image_size)).hidden_states
     finally:
         encoder.config.mask_ratio = mask_ratio
-
-
-def _pair_of(size: Any) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 register_hf_converter(HfConverter(
