@@ -35,6 +35,9 @@ def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
     assert raptor["recovery"] == pytest.approx(raptor["raptor_probe_top1"] / raptor["teacher_probe_top1"])
     assert raptor["bound_s_per_step"] > 0 and raptor["ratio_to_bound"] > 0
     assert {"all", "cls", "patches"} <= set(raptor["mean_cosine"])
+    by_size = raptor["probe_by_train_size"]
+    assert by_size["train_images"] == [15, 30, 60] and len(by_size["teacher_top1"]) == len(by_size["raptor_top1"]) == 3
+    assert by_size["raptor_top1"][-1] == pytest.approx(raptor["raptor_probe_top1"])
     tables = (tmp_path / "out" / "tables.md").read_text()
     assert "tiny random DINOv2 (quick)" in tables and "4 of 4 runs done" in tables and "/tmp" not in tables
     for name in ("phases_photos.png", "phases_mnist.png", "anytime.png", "fidelity_by_token.png", "budget_k2.png"):
