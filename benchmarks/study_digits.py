@@ -225,8 +225,8 @@ def phase_metrics(distance: np.ndarray, scores: list[dict]) -> dict[str, Any]:
     return metrics
 
 
-def run_teacher(config: StudyConfig, run: Run) -> dict:
-    """Train one teacher (resumable), then record its accuracy, phase structure and anytime curve."""
+def train_teacher(config: StudyConfig, run: Run) -> tuple[Any, dict]:
+    """Train one teacher with recipes/train_teacher.py (resumable; seeded): (its config, its metrics)."""
     recipe = _load_recipe("train_teacher")
     output_dir = Path(config.work_dir) / run.name
     argv = ["--config", str(_repo_path(config.teacher_config)), "--drop-path-rate", str(run.rate),
@@ -237,8 +237,13 @@ def run_teacher(config: StudyConfig, run: Run) -> dict:
     if config.quick:
         argv += ["--max-steps", "3", "--eval-every-epochs", "1"]
     teacher_config = parse_config(recipe.TrainTeacherConfig, argv)
-    metrics = recipe.training_function(teacher_config)
+    return teacher_config, recipe.training_function(teacher_config)
 
+
+def run_teacher(config: StudyConfig, run: Run) -> dict:
+    """Train one teacher (resumable), then record its accuracy, phase structure and anytime curve."""
+    output_dir = Path(config.work_dir) / run.name
+    teacher_config, metrics = train_teacher(config, run)
     teacher = load_teacher(str(output_dir))
     train_images, _ = held_out_images(teacher_config.dataset, teacher_config.train_split, teacher.data_config)
     phases = discover(teacher, train_images[:config.phase_images], k=2, max_k=min(4, teacher.depth), progress=False)
@@ -257,6 +262,14 @@ def run_raptor(config: StudyConfig, run: Run) -> dict:
     """Distil one Raptor from its teacher (resumable), then record fidelity, cost and the anytime curve."""
     teacher_dir = Path(config.work_dir) / run.teacher_name
     output_dir = Path(config.work_dir) / run.name
+    while not (teacher_dir / "model.safetensors").is_file():  # a fresh clone: records are committed, models are not
+        if claim(config, Run(run.rate, run.seed)):
+            try:
+                recreate_teacher(config, Run(run.rate, run.seed))
+            finally:
+                release(config, Run(run.rate, run.seed))
+        else:
+            time.sleep(5)  # another worker is training it
     argv = ["--config", str(_repo_path(config.raptor_config)), "--teacher", str(teacher_dir), "--k", str(run.k),
             "--seed", str(run.seed), "--relax-rank", str(run.relax_rank), "--output-dir", str(output_dir),
             "--resume", "latest", "--checkpoint-every", "100", "--keep-checkpoints", "1", "--cpu"]
@@ -289,6 +302,18 @@ def run_raptor(config: StudyConfig, run: Run) -> dict:
         "threads": torch.get_num_threads(),
         "anytime_accuracy": raptor_anytime_accuracy(raptor, images, labels),
     }
+
+
+def recreate_teacher(config: StudyConfig, run: Run) -> None:
+    """Train again a teacher whose record is here but whose folder is not; the seeded recipe gives the recorded
+    teacher back, checked on its held-out accuracy."""
+    recorded = json.loads(record_path(config, run).read_text())["held_out_accuracy"]
+    _, metrics = train_teacher(config, run)
+    if abs(metrics["held_out_accuracy"] - recorded) > 0.01:
+        raise RuntimeError(
+            f"{run.name} trained again reaches {metrics['held_out_accuracy']:.4f} held-out accuracy, its record in "
+            f"{record_path(config, run)} {recorded:.4f}: not the same teacher (different library versions or "
+            "threads?). Re-run the grid from scratch with a new --out-dir to compare like with like.")
 
 
 def _repo_path(path: str) -> Path:

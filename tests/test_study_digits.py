@@ -3,6 +3,7 @@ report), resuming without redoing finished runs, and the lock files that let sev
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,6 +71,26 @@ def test_rerun_skips_finished_runs(quick_study):
     config = study.parse_config(study.StudyConfig, argv)
     assert study.work_through(config, study.study_runs(config)) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (root / "out" / "runs").iterdir()} == before
+
+
+def test_a_missing_teacher_folder_is_trained_again_and_checked_against_its_record(quick_study, tmp_path):
+    study, argv, root, _ = quick_study
+    shutil.copytree(root, tmp_path / "study")
+    moved = [str(tmp_path / "study" / arg[len(str(root)) + 1:]) if arg.startswith(str(root)) else arg for arg in argv]
+    config = study.parse_config(study.StudyConfig, moved[:2] + ["1"] + moved[3:])  # --relax-ranks 1: one new run
+    teacher_dir, teacher_record = Path(config.work_dir) / "teacher-dp0-s0", study.record_path(config, study.Run(0.0, 0))
+    shutil.rmtree(teacher_dir)  # a fresh clone: the records are committed, the models are not
+    recorded = json.loads(teacher_record.read_text())
+    teacher_record.write_text(json.dumps(dict(recorded, held_out_accuracy=recorded["held_out_accuracy"] - 0.5)))
+    try:
+        with pytest.raises(RuntimeError, match="not the same teacher"):
+            study.work_through(config, study.study_runs(config))
+        teacher_record.write_text(json.dumps(recorded))
+        assert study.work_through(config, study.study_runs(config)) == 1
+    finally:
+        AcceleratorState._reset_state(True)
+    assert (teacher_dir / "model.safetensors").is_file()
+    assert json.loads(study.record_path(config, study.Run(0.0, 0, 2, 1)).read_text())["relax_rank"] == 1
 
 
 def test_claims_are_exclusive_and_dead_owners_are_taken_over(study, tmp_path):
