@@ -9,6 +9,8 @@
   top-1 of teacher and Raptor on MNIST test (both at one image size) and their ratio (recovery), the anytime curve
   (the probe read after m steps) next to the truncated teacher, and seconds per step against the bound measured on
   this machine (a teacher forward + a Raptor forward/backward on one batch);
+* levers on k = 2 at the same budget (--levers): the last block alone, a higher learning rate, the paper's two stages,
+  mean-of-phase init; each against the plain k = 2 of the same seed;
 * a budget curve for k = 2: recovery and cosine after each of --budget-steps.
 
     python benchmarks/study_real.py                        # the default grid (hours on 2 CPU cores), resumable
@@ -53,6 +55,20 @@ PHOTO_NAMES = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coff
                "page", "retina", "rocket", "stereo_motorcycle", "text")
 
 
+# What a user would try to move k = 2 at a fixed budget: name -> (what it changes, the recipe options for a teacher of
+# depth L and a budget of n steps). Every lever keeps the budget: two stages split it into phases and the joint stage.
+LEVERS: dict[str, tuple[str, Any]] = {
+    "isolate-last": ("schedule (L-1, 1): the last block alone, as k = 3's (7, 4, 1) does",
+                     lambda depth, steps: ["--block-schedule", str(depth - 1), "1"]),
+    "lr-1e-3": ("peak learning rate 1e-3 instead of 5e-4", lambda depth, steps: ["--lr", "1e-3"]),
+    "two-stage": ("the paper's two stages: each phase alone for n/4 steps, then n/2 joint AR steps",
+                  lambda depth, steps: ["--schedule", "two_stage", "--phase-max-steps", str(max(1, steps // 4)),
+                                        "--max-steps", str(max(1, steps // 2)), "--joint-objective", "ar"]),
+    "init-mean": ("shared blocks start from the mean of their phase's teacher blocks instead of the middle one",
+                  lambda depth, steps: ["--init", "mean"]),
+}
+
+
 def _load_study_digits():
     """benchmarks/study_digits.py, for its run bookkeeping (lock files, atomic records)."""
     spec = importlib.util.spec_from_file_location("study_digits", REPO_ROOT / "benchmarks" / "study_digits.py")
@@ -85,6 +101,8 @@ class StudyRealConfig:
     ks: tuple[int, ...] = field(default=(2, 3, 4), metadata={"group": "Raptors", "help": "Raptor block counts"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"group": "Raptors", "help": "seeds of k = 2"})
     relax_ranks: tuple[int, ...] = field(default=(4,), metadata={"group": "Raptors", "help": "relaxed k = 2 ranks"})
+    levers: tuple[str, ...] = field(default=tuple(LEVERS), metadata={
+        "group": "Raptors", "help": f"k = 2 variants at --steps (seed 0), from {', '.join(LEVERS)}"})
     steps: int = field(default=150, metadata={"group": "Raptors", "help": "distillation steps of the grid's runs"})
     budget_steps: tuple[int, ...] = field(default=(300, 600, 1200), metadata={
         "group": "Raptors", "help": "more k = 2 budgets (the curve also reads --steps)"})
@@ -107,10 +125,13 @@ class StudyRealConfig:
     def __post_init__(self):
         if self.quick:
             self.phase_ks, self.phase_images, self.subsets = (2, 3), 32, 2
-            self.ks, self.seeds, self.relax_ranks = (2,), (0,), (2,)
+            self.ks, self.seeds, self.relax_ranks, self.levers = (2,), (0,), (2,), ("isolate-last",)
             self.steps, self.budget_steps, self.batch_size = 2, (4,), 8
             self.max_train_images, self.probe_train_images, self.probe_eval_images, self.probe_epochs = 64, 60, 30, 3
             self.img_size = self.photo_img_size = 56
+        unknown = sorted(set(self.levers) - set(LEVERS))
+        if unknown:
+            raise ValueError(f"--levers {unknown} are not levers; choose from {', '.join(LEVERS)}.")
         if min(self.phase_ks) < 2 or self.subsets < 1:
             raise ValueError(f"--phase-ks must be >= 2 and --subsets >= 1; got {self.phase_ks}, {self.subsets}.")
 
@@ -122,22 +143,25 @@ class Run:
     seed: int = 0
     relax_rank: int = 0
     steps: int = 0
+    lever: str = ""
 
     @property
     def name(self) -> str:
         if self.k is None:
             return "phases"
-        return f"raptor-k{self.k}-s{self.seed}" + (f"-r{self.relax_rank}" if self.relax_rank else "") + f"-{self.steps}"
+        return (f"raptor-k{self.k}-s{self.seed}" + (f"-r{self.relax_rank}" if self.relax_rank else "")
+                + (f"-{self.lever}" if self.lever else "") + f"-{self.steps}")
 
 
 def study_runs(config: StudyRealConfig) -> list[Run]:
-    """Phases first, then one Raptor per k, relaxed k = 2, the other k = 2 seeds, the k = 2 budget curve: the runs
-    the targets are read on come first, so a cut-short grid has them."""
+    """Phases first, then one Raptor per k, relaxed k = 2, the other k = 2 seeds, the levers, the k = 2 budget curve:
+    the runs the targets are read on come first, so a cut-short grid has them."""
     runs = [] if config.only == "raptors" else [Run()]
     if config.only != "phases":
         runs += [Run(k, config.seeds[0], 0, config.steps) for k in config.ks]
         runs += [Run(2, config.seeds[0], rank, config.steps) for rank in config.relax_ranks]
         runs += [Run(2, seed, 0, config.steps) for seed in config.seeds[1:]]
+        runs += [Run(2, config.seeds[0], 0, config.steps, lever) for lever in config.levers]
         runs += [Run(2, config.seeds[0], 0, steps) for steps in config.budget_steps]
     return list(dict.fromkeys(runs))
 
@@ -339,6 +363,8 @@ def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
             "--warmup-steps", str(max(1, run.steps // 10)), "--max-train-images", str(config.max_train_images),
             "--phase-images", str(config.phase_images), "--eval-max-batches", "8", "--output-dir", str(output_dir),
             "--resume", "latest", "--checkpoint-every", "50", "--keep-checkpoints", "1", "--cpu"]
+    if run.lever:
+        argv += LEVERS[run.lever][1](load_teacher(config.teacher, img_size=config.img_size).depth, run.steps)
     distill_config = parse_config(DistillConfig, argv)
     metrics = training_function(distill_config)
 
@@ -360,7 +386,7 @@ def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
     bound = step_bound_s(teacher, raptor, config.batch_size)
     return {
         "name": run.name, "kind": "raptor", "k": run.k, "seed": run.seed, "relax_rank": run.relax_rank,
-        "steps": training["steps"], "block_schedule": list(raptor.block_schedule), "img_size": config.img_size,
+        "lever": run.lever, "lever_change": LEVERS[run.lever][0] if run.lever else "", "steps": run.steps, "block_schedule": list(raptor.block_schedule), "img_size": config.img_size,
         "teacher_probe_top1": teacher_curve[-1], "raptor_probe_top1": raptor_curve[-1],
         "recovery": raptor_curve[-1] / teacher_curve[-1] if teacher_curve[-1] > 0 else None,
         "mean_cosine": metrics["mean_cosine"], "cosine": metrics["cosine"],
@@ -393,12 +419,14 @@ def work_through(config: StudyRealConfig, runs: list[Run]) -> int:
     return finished
 
 
-def _pm(values: list[float]) -> str:
+def _pm(values: list[float], percent: bool = True) -> str:
     if not values:
         return "-"
+    scale, unit, digits = (100, "%", 1) if percent else (1, "", 3)
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}%"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}% (n={len(values)})"
+        return f"{scale * values[0]:.{digits}f}{unit}"
+    return (f"{scale * np.mean(values):.{digits}f} ± {scale * np.std(values, ddof=1):.{digits}f}{unit} "
+            f"(n={len(values)})")
 
 
 def format_tables(config: StudyRealConfig, runs: list[Run], records: dict[str, dict]) -> str:
@@ -438,8 +466,33 @@ def format_tables(config: StudyRealConfig, runs: list[Run], records: dict[str, d
                 f"{100 * r['recovery']:.1f}% | {cos['all']:.3f} / {cos.get('cls', float('nan')):.3f} / "
                 f"{cos.get('patches', float('nan')):.3f} | {r['s_per_step']:.2f} | {r['bound_s_per_step']:.2f} | "
                 f"{r['ratio_to_bound']:.2f} |")
-        k2 = [r["recovery"] for r in raptors if r["k"] == 2 and not r["relax_rank"] and r["steps"] == config.steps]
-        lines += ["", f"k = 2 recovery at {config.steps} steps over seeds: {_pm(k2)}.", ""]
+        plain_k2 = [r for r in raptors if r["k"] == 2 and not r["relax_rank"] and not r.get("lever")
+                    and r["steps"] == config.steps]
+        lines += ["", f"k = 2 recovery at {config.steps} steps over seeds: {_pm([r['recovery'] for r in plain_k2])}; "
+                  f"mean cosine {_pm([r['mean_cosine']['all'] for r in plain_k2], percent=False)}.", ""]
+        baseline = next((r for r in plain_k2 if r["seed"] == config.seeds[0]), None)
+        levers = [r for r in raptors if r.get("lever")]
+        if levers and baseline:
+            lines += [f"## Levers on k = 2 at {config.steps} steps (seed {config.seeds[0]})", "",
+                      "| lever | what changes | schedule | recovery | vs plain k = 2 | mean cosine | vs plain k = 2 |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in levers:
+                lines.append(
+                    f"| {r['lever']} | {r['lever_change']} | {tuple(r['block_schedule'])} | {100 * r['recovery']:.1f}% | "
+                    f"{100 * (r['recovery'] - baseline['recovery']):+.1f} pts | {r['mean_cosine']['all']:.3f} | "
+                    f"{r['mean_cosine']['all'] - baseline['mean_cosine']['all']:+.3f} |")
+            lines.append("")
+        sized = [r for r in raptors if r.get("probe_by_train_size")]
+        if sized:
+            sizes = sized[0]["probe_by_train_size"]["train_images"]
+            lines += ["## Probe top-1 by the probe's train images (teacher / Raptor)", "",
+                      "| run | " + " | ".join(f"{n} images" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+            for r in sized:
+                curve = r["probe_by_train_size"]
+                lines.append(f"| {r['name']} | " + " | ".join(
+                    f"{100 * t:.1f}% / {100 * a:.1f}%" for t, a in zip(curve["teacher_top1"], curve["raptor_top1"]))
+                    + " |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -488,7 +541,7 @@ def plot_report(config: StudyRealConfig, records: dict[str, dict], out_dir: Path
         plt.close(fig)
         written += ["fidelity_by_token.png", "anytime.png"]
         budget = sorted((r["steps"], r["recovery"], r["mean_cosine"]["all"]) for r in raptors
-                        if r["k"] == 2 and not r["relax_rank"] and r["seed"] == config.seeds[0])
+                        if r["k"] == 2 and not r["relax_rank"] and not r.get("lever") and r["seed"] == config.seeds[0])
         if len(budget) > 1:
             fig, ax = plt.subplots(figsize=(6, 4))
             steps, recovery, cosine = zip(*budget)

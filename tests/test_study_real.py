@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+def test_unknown_levers_are_refused_with_the_choices():
+    spec = importlib.util.spec_from_file_location("study_real_levers", REPO / "benchmarks" / "study_real.py")
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study
+    spec.loader.exec_module(study)
+    with pytest.raises(ValueError, match="--levers \\['warp'\\] are not levers; choose from isolate-last"):
+        study.StudyRealConfig(levers=("warp",))
+    names = [run.name for run in study.study_runs(study.StudyRealConfig(levers=("two-stage",), budget_steps=(300,)))]
+    assert names == ["phases", "raptor-k2-s0-150", "raptor-k3-s0-150", "raptor-k4-s0-150", "raptor-k2-s0-r4-150",
+                     "raptor-k2-s1-150", "raptor-k2-s2-150", "raptor-k2-s0-two-stage-150", "raptor-k2-s0-300"]
+
+
 def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
     spec = importlib.util.spec_from_file_location("study_real", REPO / "benchmarks" / "study_real.py")
     study = importlib.util.module_from_spec(spec)
@@ -22,7 +34,8 @@ def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
         summary = study.main(argv)
     finally:
         AcceleratorState._reset_state(True)
-    assert summary["runs_done"] == ["phases", "raptor-k2-s0-2", "raptor-k2-s0-4", "raptor-k2-s0-r2-2"]
+    assert summary["runs_done"] == ["phases", "raptor-k2-s0-2", "raptor-k2-s0-4", "raptor-k2-s0-isolate-last-2",
+                                    "raptor-k2-s0-r2-2"]
     assert summary["runs_pending"] == []
     phases = json.loads((tmp_path / "out" / "runs" / "phases.json").read_text())
     for image_set in ("photos", "mnist"):
@@ -38,8 +51,11 @@ def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
     by_size = raptor["probe_by_train_size"]
     assert by_size["train_images"] == [15, 30, 60] and len(by_size["teacher_top1"]) == len(by_size["raptor_top1"]) == 3
     assert by_size["raptor_top1"][-1] == pytest.approx(raptor["raptor_probe_top1"])
+    lever = json.loads((tmp_path / "out" / "runs" / "raptor-k2-s0-isolate-last-2.json").read_text())
+    assert lever["block_schedule"] == [3, 1] and lever["lever"] == "isolate-last" and lever["steps"] == 2
     tables = (tmp_path / "out" / "tables.md").read_text()
-    assert "tiny random DINOv2 (quick)" in tables and "4 of 4 runs done" in tables and "/tmp" not in tables
+    assert "## Levers on k = 2 at 2 steps" in tables and "| isolate-last |" in tables
+    assert "tiny random DINOv2 (quick)" in tables and "5 of 5 runs done" in tables and "/tmp" not in tables
     for name in ("phases_photos.png", "phases_mnist.png", "anytime.png", "fidelity_by_token.png", "budget_k2.png"):
         assert (tmp_path / "out" / name).stat().st_size > 5_000, name
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()}
