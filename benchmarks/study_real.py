@@ -10,7 +10,8 @@
   (the probe read after m steps) next to the truncated teacher, and seconds per step against the bound measured on
   this machine (a teacher forward + a Raptor forward/backward on one batch);
 * levers on k = 2 at the same budget (--levers): the last block alone, a higher learning rate, the paper's two stages,
-  mean-of-phase init; each against the plain k = 2 of the same seed;
+  mean-of-phase init, and a random contiguous partition in place of the max-cut one (the paper's test); each against
+  the plain k = 2 of the same seed;
 * a budget curve for k = 2: recovery and cosine after each of --budget-steps.
 
     python benchmarks/study_real.py                        # the default grid (hours on 2 CPU cores), resumable
@@ -55,17 +56,28 @@ PHOTO_NAMES = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coff
                "page", "retina", "rocket", "stereo_motorcycle", "text")
 
 
-# What a user would try to move k = 2 at a fixed budget: name -> (what it changes, the recipe options for a teacher of
-# depth L and a budget of n steps). Every lever keeps the budget: two stages split it into phases and the joint stage.
+def random_partition(depth: int, measured: Optional[list], seed: int = 0) -> list[str]:
+    """A seeded random contiguous two-phase schedule of ``depth`` layers other than the measured max-cut one."""
+    cuts = [cut for cut in range(1, depth) if not measured or cut != measured[0]]
+    cut = cuts[np.random.default_rng(seed).integers(len(cuts))]
+    return ["--block-schedule", str(cut), str(depth - cut)]
+
+
+# What a user would try to move k = 2 at a fixed budget, and the paper's max-cut vs random test: name -> (what it
+# changes, the recipe options for a teacher of depth L, a budget of n steps and the measured k = 2 schedule). Every
+# lever keeps the budget: two stages split it into the phases and the joint stage.
 LEVERS: dict[str, tuple[str, Any]] = {
     "isolate-last": ("schedule (L-1, 1): the last block alone, as k = 3's (7, 4, 1) does",
-                     lambda depth, steps: ["--block-schedule", str(depth - 1), "1"]),
-    "lr-1e-3": ("peak learning rate 1e-3 instead of 5e-4", lambda depth, steps: ["--lr", "1e-3"]),
-    "two-stage": ("the paper's two stages: each phase alone for n/4 steps, then n/2 joint AR steps",
-                  lambda depth, steps: ["--schedule", "two_stage", "--phase-max-steps", str(max(1, steps // 4)),
-                                        "--max-steps", str(max(1, steps // 2)), "--joint-objective", "ar"]),
+                     lambda depth, steps, measured: ["--block-schedule", str(depth - 1), "1"]),
+    "lr-1e-3": ("peak learning rate 1e-3 instead of 5e-4", lambda depth, steps, measured: ["--lr", "1e-3"]),
+    "two-stage": ("the paper's two stages: each phase alone for n/4 steps (TF -> AR), then n/2 joint AR steps",
+                  lambda depth, steps, measured: [
+                      "--schedule", "two_stage", "--phase-max-steps", str(max(1, steps // 4)),
+                      "--max-steps", str(max(1, steps // 2)), "--joint-objective", "ar"]),
     "init-mean": ("shared blocks start from the mean of their phase's teacher blocks instead of the middle one",
-                  lambda depth, steps: ["--init", "mean"]),
+                  lambda depth, steps, measured: ["--init", "mean"]),
+    "random-partition": ("a seeded random contiguous two-phase schedule instead of the max-cut one (paper's test)",
+                         lambda depth, steps, measured: random_partition(depth, measured)),
 }
 
 
@@ -364,7 +376,10 @@ def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
             "--phase-images", str(config.phase_images), "--eval-max-batches", "8", "--output-dir", str(output_dir),
             "--resume", "latest", "--checkpoint-every", "50", "--keep-checkpoints", "1", "--cpu"]
     if run.lever:
-        argv += LEVERS[run.lever][1](load_teacher(config.teacher, img_size=config.img_size).depth, run.steps)
+        phases = record_path(config, Run())
+        measured = json.loads(phases.read_text())["mnist"]["schedules"].get("2") if phases.is_file() else None
+        depth = load_teacher(config.teacher, img_size=config.img_size).depth
+        argv += LEVERS[run.lever][1](depth, run.steps, measured)
     distill_config = parse_config(DistillConfig, argv)
     metrics = training_function(distill_config)
 
@@ -386,7 +401,8 @@ def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
     bound = step_bound_s(teacher, raptor, config.batch_size)
     return {
         "name": run.name, "kind": "raptor", "k": run.k, "seed": run.seed, "relax_rank": run.relax_rank,
-        "lever": run.lever, "lever_change": LEVERS[run.lever][0] if run.lever else "", "steps": run.steps, "block_schedule": list(raptor.block_schedule), "img_size": config.img_size,
+        "lever": run.lever, "lever_change": LEVERS[run.lever][0] if run.lever else "", "steps": run.steps,
+        "block_schedule": list(raptor.block_schedule), "img_size": config.img_size,
         "teacher_probe_top1": teacher_curve[-1], "raptor_probe_top1": raptor_curve[-1],
         "recovery": raptor_curve[-1] / teacher_curve[-1] if teacher_curve[-1] > 0 else None,
         "mean_cosine": metrics["mean_cosine"], "cosine": metrics["cosine"],

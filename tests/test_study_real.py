@@ -19,6 +19,10 @@ def test_unknown_levers_are_refused_with_the_choices():
     spec.loader.exec_module(study)
     with pytest.raises(ValueError, match="--levers \\['warp'\\] are not levers; choose from isolate-last"):
         study.StudyRealConfig(levers=("warp",))
+    for seed in range(20):  # the paper's control: a random contiguous partition, never the measured max-cut one
+        schedule = [int(n) for n in study.random_partition(12, [7, 5], seed)[1:]]
+        assert sum(schedule) == 12 and schedule != [7, 5] and min(schedule) >= 1
+    assert study.random_partition(12, [7, 5], 3) == study.random_partition(12, [7, 5], 3)
     names = [run.name for run in study.study_runs(study.StudyRealConfig(levers=("two-stage",), budget_steps=(300,)))]
     assert names == ["phases", "raptor-k2-s0-150", "raptor-k3-s0-150", "raptor-k4-s0-150", "raptor-k2-s0-r4-150",
                      "raptor-k2-s1-150", "raptor-k2-s2-150", "raptor-k2-s0-two-stage-150", "raptor-k2-s0-300"]
