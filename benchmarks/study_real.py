@@ -345,7 +345,8 @@ def teacher_features(config: StudyRealConfig, teacher) -> dict[str, torch.Tensor
         out[split] = layer_features(teacher.trajectory, teacher.model.norm, teacher.num_prefix_tokens, images)
         out[f"{split}_labels"] = labels
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, cache)
+    torch.save(out, cache.with_suffix(".tmp"))
+    cache.with_suffix(".tmp").replace(cache)  # workers sharing the grid never read a half-written cache
     return out
 
 
