@@ -366,25 +366,31 @@ def step_bound_s(teacher, raptor, batch_size: int, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
-    """Distil one Raptor with recipes/distill.py's training function (resumable), then probe and time it."""
-    output_dir = Path(config.work_dir) / run.name
+def distill_argv(config: StudyRealConfig, run: Run, depth: int) -> list[str]:
+    """recipes/distill.py's options for one run of a teacher of ``depth`` layers (its lever's last, so they win)."""
     argv = ["--teacher", config.teacher, "--teacher-img-size", str(config.img_size), "--dataset", config.mnist,
             "--train-split", "train", "--eval-split", "test", "--k", str(run.k), "--seed", str(run.seed),
             "--relax-rank", str(run.relax_rank), "--schedule", "joint", "--joint-objective", "tf_ar",
             "--max-steps", str(run.steps), "--batch-size", str(config.batch_size), "--lr", str(config.lr),
             "--warmup-steps", str(max(1, run.steps // 10)), "--max-train-images", str(config.max_train_images),
-            "--phase-images", str(config.phase_images), "--eval-max-batches", "8", "--output-dir", str(output_dir),
+            "--phase-images", str(config.phase_images), "--eval-max-batches", "8",
+            "--output-dir", str(Path(config.work_dir) / run.name),
             "--resume", "latest", "--checkpoint-every", "50", "--keep-checkpoints", "1", "--cpu"]
     if run.lever:
         phases = record_path(config, Run())
         measured = json.loads(phases.read_text())["mnist"]["schedules"].get("2") if phases.is_file() else None
-        depth = load_teacher(config.teacher, img_size=config.img_size).depth
         argv += LEVERS[run.lever][1](depth, run.steps, measured)
+    return argv
+
+
+def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
+    """Distil one Raptor with recipes/distill.py's training function (resumable), then probe and time it."""
+    output_dir = Path(config.work_dir) / run.name
+    teacher = load_teacher(config.teacher, img_size=config.img_size)
+    argv = distill_argv(config, run, teacher.depth)
     distill_config = parse_config(DistillConfig, argv)
     metrics = training_function(distill_config)
 
-    teacher = load_teacher(config.teacher, img_size=config.img_size)
     raptor = load_pretrained(str(output_dir)).eval()
     features = teacher_features(config, teacher)
     teacher_curve = probe_curve(features["train"], features["train_labels"], features["test"], features["test_labels"],

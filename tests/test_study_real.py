@@ -68,3 +68,23 @@ def test_quick_study_records_phases_and_raptors_and_resumes(tmp_path):
     finally:
         AcceleratorState._reset_state(True)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").iterdir()} == before
+
+
+def test_the_real_teacher_cpu_config_is_the_lever_the_study_measured():
+    """recipes/configs/real_teacher_cpu_k2.yaml is the study's isolate-last run: same teacher, data, schedule and
+    optimisation (docs/study_real.md quotes its numbers)."""
+    from raptor_zoo.distill.recipe import DistillConfig
+    from raptor_zoo.training import parse_config
+
+    spec = importlib.util.spec_from_file_location("study_real_config", REPO / "benchmarks" / "study_real.py")
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study
+    spec.loader.exec_module(study)
+    config = study.StudyRealConfig()
+    measured = parse_config(DistillConfig, study.distill_argv(config, study.Run(2, 0, 0, 150, "isolate-last"), 12))
+    shipped = parse_config(DistillConfig, ["--config", str(REPO / "recipes" / "configs" / "real_teacher_cpu_k2.yaml")])
+    bookkeeping = {"output_dir", "resume", "cpu", "relax_rank", "phase_images", "k"}
+    differ = {name: (getattr(measured, name), getattr(shipped, name)) for name in vars(measured)
+              if name not in bookkeeping and getattr(measured, name) != getattr(shipped, name)}
+    assert differ == {}
+    assert shipped.block_schedule == (11, 1) and shipped.k == 2
