@@ -12,7 +12,6 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 import collections
-import contextlib
 import copy
 import inspect
 import math
@@ -93,6 +92,7 @@ from transformers.testing_utils import (
     get_device_properties,
     hub_retry,
     is_flaky,
+    preserve_module_forwards,
     require_accelerate,
     require_bitsandbytes,
     require_deepspeed,
@@ -115,23 +115,6 @@ from transformers.testing_utils import (
     slow,
     torch_device,
 )
-
-try:
-    from transformers.testing_utils import preserve_module_forwards
-except ImportError:  # not in transformers 5.25's testing_utils; these mixins were vendored from 5.24
-
-    @contextlib.contextmanager
-    def preserve_module_forwards(model):
-        """Restore every submodule's instance-level ``forward`` on exit (what kernelize may replace)."""
-        saved = {module: module.__dict__.get("forward") for module in model.modules()}
-        try:
-            yield
-        finally:
-            for module, forward in saved.items():
-                if forward is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = forward
 from transformers.utils import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
