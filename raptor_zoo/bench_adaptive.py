@@ -77,12 +77,10 @@ class AdaptiveBenchSettings:
 
 def load_eval_images(data: str, split: str, data_config: dict[str, Any], num_images: Optional[int] = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split as one normalised tensor [N, C, H, W] and labels [N] ('digits' = the embedded split)."""
-    from .data import create_loader, load_digits_split, load_image_dataset
+    """A split (all, or a seeded stratified subset of ``num_images``) as normalised images [N, C, H, W] and labels."""
+    from .data import create_loader, load_image_dataset, random_subset
 
-    dataset = load_digits_split(split) if data == 'digits' else load_image_dataset(data, split=split)
-    if num_images is not None:
-        dataset = dataset.select(range(min(num_images, len(dataset))))
+    dataset, _ = random_subset(load_image_dataset(data, split=split), num_images)
     loader = create_loader(dataset, data_config, batch_size=256, is_training=False)
     images, labels = zip(*loader)
     return torch.cat(images), torch.cat(labels)

@@ -10,7 +10,7 @@
 """
 import argparse
 import sys
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -35,7 +35,7 @@ def _add_phases_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-k', '--max_k', dest='max_k', type=int, default=None,
                         help='report scores for every k up to this (default: max(k, 6), at most L)')
     parser.add_argument('--num-images', '--num_images', dest='num_images', type=int, default=256,
-                        help='images used for the distance matrix (default: 256)')
+                        help='images used for the distance matrix: a seeded random subset, stratified where labelled (default: 256)')
     parser.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=32,
                         help='batch size (default: 32)')
     parser.add_argument('--metric', default='cls_patchmean', choices=['cls_patchmean', 'token_cosine', 'cka'],
@@ -50,22 +50,12 @@ def _add_phases_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image size the teacher runs at (default: the teacher's; 224 for DINOv2)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='device (default: cuda if available, else cpu)')
-    parser.add_argument('--seed', type=int, default=0, help='data order seed (default: 0)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random image subset (default: 0)')
     parser.add_argument('--out', default='phases_out', help='output directory (default: phases_out)')
 
 
-def iter_image_batches(loader, num_images: int, device: str) -> Iterator[torch.Tensor]:
-    """Image batches from an (images, labels) loader, truncated to `num_images` images in total."""
-    remaining = num_images
-    for images, _ in loader:
-        if remaining <= 0:
-            return
-        yield images[:remaining].to(device)
-        remaining -= images.shape[0]
-
-
 def phases_command(args: argparse.Namespace) -> int:
-    from .data import create_loader, load_image_dataset
+    from .data import create_loader, load_image_dataset, random_subset
     from .phases import discover
     from .teachers import load_teacher
 
@@ -74,11 +64,13 @@ def phases_command(args: argparse.Namespace) -> int:
         raise SystemExit(f'--k {args.k} is out of range for {teacher.name} (depth {teacher.depth}); '
                          f'use 1 <= k <= {teacher.depth}.')
     dataset = load_image_dataset(args.data, split=args.split, labels=False)  # photos need no class folders
-    loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False,
-                           seed=args.seed)
+    dataset, subset = random_subset(dataset, args.num_images, seed=args.seed)
+    loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False)
     result = discover(
-        teacher, iter_image_batches(loader, args.num_images, args.device), k=args.k, metric=args.metric,
+        teacher, (images.to(args.device) for images, _ in loader), k=args.k, metric=args.metric,
         algorithm=args.algorithm, max_k=args.max_k, tokens=args.tokens, batch_size=args.batch_size)
+    if subset["count"] is not None and subset["count"] < args.num_images:
+        print(f'--num-images {args.num_images}: the split holds {subset["count"]} images; all of them were used.')
     paths = result.save(args.out)
     print(f'teacher {result.teacher}: depth {result.depth}, {result.num_images} images, metric {result.metric}, '
           f'algorithm {result.algorithm}')

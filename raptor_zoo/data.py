@@ -15,6 +15,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,12 @@ __all__ = [
     "load_digits_split",
     "digits_mean_std",
     "load_image_dataset",
+    "random_subset",
+    "class_histogram",
+    "check_class_coverage",
+    "Splits",
+    "dataset_num_classes",
+    "load_splits",
     "build_transform",
     "create_loader",
     "TransformedDataset",
@@ -230,6 +237,129 @@ def load_image_dataset(
     if path.is_dir():
         dataset = _drop_unreadable_images(dataset, "image", path, unreadable)
     return dataset
+
+
+def class_histogram(labels: Any) -> dict[str, int]:
+    """Images per label, keys sorted by label (as strings, so the record is JSON); ``{}`` for unlabelled data."""
+    values, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    return {str(value): int(n) for value, n in zip(values, counts) if value >= 0}
+
+
+def _stratified_indices(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` indices with every label in proportion (largest remainder, ties broken at random), in random order.
+
+    When ``count`` allows it every class gets at least one image first, then the rest is shared in proportion.
+    """
+    classes, inverse = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(inverse)
+    take = np.ones_like(sizes) if count >= len(classes) else np.zeros_like(sizes)
+    quotas = take + (count - int(take.sum())) * (sizes - take) / (len(labels) - int(take.sum()))
+    take = np.floor(quotas).astype(np.int64)
+    remainder = count - int(take.sum())
+    if remainder:
+        order = np.lexsort((rng.random(len(classes)), -(quotas - take)))
+        take[order[:remainder]] += 1
+    chosen = [rng.choice(np.flatnonzero(inverse == c), size=int(n), replace=False) for c, n in enumerate(take) if n]
+    return rng.permutation(np.concatenate(chosen))
+
+
+def random_subset(
+        dataset: datasets.Dataset | datasets.IterableDataset,
+        max_images: int | None,
+        seed: int = 0,
+        shuffle_buffer_size: int = 10_000,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, dict[str, Any]]:
+    """At most ``max_images`` images of ``dataset`` as a seeded random subset, and the record of what was taken.
+
+    Map-style datasets with labels are sampled **stratified** (every class in proportion, so the subset of a
+    class-sorted image folder holds all classes), unlabelled ones (label -1) uniformly; the subset comes in random
+    order. Streaming datasets ``take`` after a seeded shuffle buffer of ``shuffle_buffer_size``. ``max_images=None``
+    (or one at least the dataset's size) keeps everything. The record (seed, count, of, method, class_histogram)
+    belongs in the run's results, so the subset can be told and rebuilt.
+    """
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1 or None (all images), got {max_images}.")
+    if isinstance(dataset, datasets.IterableDataset):
+        if max_images is None:
+            return dataset, {"method": "all", "seed": seed, "count": None, "of": None, "class_histogram": None}
+        subset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size).take(max_images)
+        return subset, {"method": f"shuffle buffer of {shuffle_buffer_size}, then take", "seed": seed,
+                        "count": max_images, "of": None, "class_histogram": None}
+    total = len(dataset)
+    labels = np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names \
+        else np.full(total, -1, dtype=np.int64)
+    if max_images is None or max_images >= total:
+        return dataset, {"method": "all", "seed": seed, "count": total, "of": total,
+                         "class_histogram": class_histogram(labels)}
+    rng = np.random.default_rng(seed)
+    labelled = bool((labels >= 0).all())
+    indices = _stratified_indices(labels, max_images, rng) if labelled else rng.permutation(total)[:max_images]
+    return dataset.select(indices.tolist()), {
+        "method": "stratified by label" if labelled else "uniform", "seed": seed, "count": max_images, "of": total,
+        "class_histogram": class_histogram(labels[indices])}
+
+
+def check_class_coverage(record: dict[str, Any], num_classes: int, split: str, option: str) -> None:
+    """Refuse a labelled subset (a :func:`random_subset` record) that lacks any of the dataset's ``num_classes``."""
+    histogram = record.get("class_histogram")
+    if not histogram:
+        return
+    missing = [label for label in range(num_classes) if histogram.get(str(label), 0) == 0]
+    if missing:
+        kept = f"{record['count']} of {record['of']} images" if record.get("of") else f"{record['count']} images"
+        raise ValueError(
+            f"The {split!r} subset ({kept}) has no image of class(es) {missing[:20]} of the dataset's {num_classes}: "
+            f"accuracy on it would not be the dataset's. Raise {option} to at least {num_classes} (the subset is "
+            "stratified: every class then appears) or drop it to use the whole split.")
+
+
+@dataclass
+class Splits:
+    """A recipe's train and held-out datasets, their number of classes and the records of the subsets taken."""
+    train: datasets.Dataset | datasets.IterableDataset
+    eval: datasets.Dataset | datasets.IterableDataset
+    num_classes: int | None
+    subsets: dict[str, dict[str, Any]]
+
+
+def dataset_num_classes(*splits: datasets.Dataset | datasets.IterableDataset) -> int | None:
+    """The label feature's class count, else max label + 1 over map-style ``splits``; None for unlabelled data."""
+    feature = (splits[0].features or {}).get("label")
+    if getattr(feature, "num_classes", None):
+        return int(feature.num_classes)
+    labels = [np.asarray(split["label"]) for split in splits if isinstance(split, datasets.Dataset)]
+    top = max((int(values.max()) for values in labels if len(values)), default=-1)
+    return top + 1 if top >= 0 else None
+
+
+def load_splits(
+        source: str,
+        train_split: str = "train",
+        eval_split: str = "test",
+        max_train_images: int | None = None,
+        max_eval_images: int | None = None,
+        subset_seed: int = 0,
+        image_column: str = "image",
+        label_column: str = "label",
+        streaming: bool = False,
+        require_all_classes: bool = True,
+) -> Splits:
+    """Train and held-out splits of ``source`` (:func:`load_image_dataset`), each limited to a seeded random subset.
+
+    A limit takes :func:`random_subset` (stratified by label), never the first images of a listing sorted by class.
+    With ``require_all_classes`` a labelled subset that lacks a class of the dataset is refused
+    (:func:`check_class_coverage`), naming the option to raise.
+    """
+    columns = dict(image_column=image_column, label_column=label_column, streaming=streaming)
+    train = load_image_dataset(source, split=train_split, **columns)
+    held_out = load_image_dataset(source, split=eval_split, **columns)
+    num_classes = None if streaming else dataset_num_classes(train, held_out)
+    train, train_record = random_subset(train, max_train_images, seed=subset_seed)
+    held_out, eval_record = random_subset(held_out, max_eval_images, seed=subset_seed)
+    if require_all_classes and num_classes is not None:
+        check_class_coverage(train_record, num_classes, train_split, "--max-train-images")
+        check_class_coverage(eval_record, num_classes, eval_split, "--max-eval-images")
+    return Splits(train, held_out, num_classes, {"train": train_record, "eval": eval_record})
 
 
 HELD_OUT_SPLITS = ("validation", "valid", "val", "test")

@@ -170,11 +170,16 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def feature_cache_path(cache_dir: str | os.PathLike, backbone: str, split: str, data_config: dict[str, Any]) -> Path:
-    """``cache_dir/<backbone>__<split>__<size>.safetensors`` (unsafe characters of the backbone id replaced)."""
+def feature_cache_path(cache_dir: str | os.PathLike, backbone: str, dataset: str, split: str,
+                       data_config: dict[str, Any], subset: Optional[dict[str, Any]] = None) -> Path:
+    """``cache_dir/<backbone>__<dataset>__<split>__<size>__<subset>.safetensors``: one file per backbone, data and
+    subset (``all``, or the count and seed of a :func:`raptor_zoo.data.random_subset` record)."""
+    def safe(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
+
     size = "x".join(str(n) for n in data_config["input_size"][1:])
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(backbone)).strip("_")
-    return Path(cache_dir) / f"{safe}__{split}__{size}.safetensors"
+    taken = "all" if subset is None or subset.get("method") == "all" else f"n{subset['count']}-seed{subset['seed']}"
+    return Path(cache_dir) / f"{safe(backbone)}__{safe(dataset)}__{safe(split)}__{size}__{taken}.safetensors"
 
 
 def cached_features(path: Optional[Path], compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],

@@ -33,7 +33,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from raptor_zoo.data import build_transform, create_loader, load_image_dataset
+from raptor_zoo.data import build_transform, create_loader, load_splits
 from raptor_zoo.downstream import (
     SeededTransformDataset,
     backbone_kind,
@@ -77,9 +77,11 @@ class FinetuneConfig:
     image_column: str = field(default="image", metadata={"group": "Data", "help": "image column"})
     label_column: str = field(default="label", metadata={"group": "Data", "help": "label column"})
     max_train_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "use the first N training images; none = all"})
+        "group": "Data", "help": "a seeded random subset of N training images, stratified by label; none = all"})
     max_eval_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "use the first N held-out images; none = all"})
+        "group": "Data", "help": "a seeded random subset of N held-out images, stratified by label; none = all"})
+    subset_seed: int = field(default=0, metadata={
+        "group": "Data", "help": "seed of the subsets --max-train-images / --max-eval-images take"})
     augment: bool = field(default=True, metadata={
         "group": "Data", "help": "timm training augmentation (create_transform is_training) at the data config"})
     hflip: float = field(default=0.0, metadata={
@@ -132,18 +134,6 @@ class FinetuneConfig:
             raise ValueError(f"--model-ema-decay must lie in (0, 1), got {self.model_ema_decay}.")
 
 
-def load_splits(config: FinetuneConfig):
-    """(train, eval) datasets and the number of classes (the label feature's, else max label + 1)."""
-    columns = dict(image_column=config.image_column, label_column=config.label_column)
-    splits = []
-    for split, limit in ((config.train_split, config.max_train_images), (config.eval_split, config.max_eval_images)):
-        dataset = load_image_dataset(config.data, split=split, **columns)
-        splits.append(dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset)
-    label_feature = splits[0].features["label"]
-    num_classes = getattr(label_feature, "num_classes", None) or int(max(max(s["label"]) for s in splits)) + 1
-    return splits[0], splits[1], num_classes
-
-
 def create_model(config: FinetuneConfig, num_classes: int) -> tuple[torch.nn.Module, bool]:
     """(model, is_raptor): a Raptor through raptor_zoo.from_pretrained, else timm.create_model."""
     kind = backbone_kind(config.model) if config.model_kind == "auto" else config.model_kind
@@ -172,8 +162,14 @@ def save_model(model: torch.nn.Module, folder: Path, is_raptor: bool, metrics: d
 def training_function(config: FinetuneConfig) -> dict:
     accelerator, output_dir = start_run(config, write_config=False)
 
-    train_set, eval_set, data_classes = load_splits(config)
-    num_classes = config.num_classes or data_classes
+    splits = load_splits(config.data, config.train_split, config.eval_split, config.max_train_images,
+                         config.max_eval_images, subset_seed=config.subset_seed, image_column=config.image_column,
+                         label_column=config.label_column)
+    train_set, eval_set = splits.train, splits.eval
+    if splits.num_classes is None:
+        raise ValueError(f"--data {config.data!r} has no labels; fine-tuning a classifier needs a label column "
+                         "(--label-column) or class sub-folders.")
+    num_classes = config.num_classes or splits.num_classes
     model, is_raptor = create_model(config, num_classes)
     trainable = freeze_for_finetuning(model, config.freeze_blocks, config.train_head_only)
     data_config = resolve_data_config({}, model=model)
@@ -287,7 +283,8 @@ def training_function(config: FinetuneConfig) -> dict:
         accelerator.end_training()
         return {"global_step": global_step, "stopped_early": True}
 
-    training = {"command": command_line(), "model": config.model, "data": config.data, "eval_split": config.eval_split,
+    training = {"command": command_line(), "model": config.model, "data": config.data, "subsets": splits.subsets,
+                "eval_split": config.eval_split,
                 "epochs": config.epochs, "steps": global_step, "layer_decay": config.layer_decay,
                 "freeze_blocks": config.freeze_blocks, "train_head_only": config.train_head_only,
                 "num_processes": accelerator.num_processes, "mixed_precision": config.mixed_precision,

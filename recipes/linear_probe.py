@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 import torch
 from accelerate import Accelerator
 
-from raptor_zoo.data import build_transform, create_loader, load_image_dataset
+from raptor_zoo.data import Splits, build_transform, create_loader, load_splits
 from raptor_zoo.downstream import (
     LoadedBackbone,
     backbone_kind,
@@ -59,9 +59,11 @@ class ProbeConfig:
     image_column: str = field(default="image", metadata={"group": "Data", "help": "image column"})
     label_column: str = field(default="label", metadata={"group": "Data", "help": "label column"})
     max_train_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "use the first N training images; none = all"})
+        "group": "Data", "help": "a seeded random subset of N training images, stratified by label; none = all"})
     max_eval_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "use the first N held-out images; none = all"})
+        "group": "Data", "help": "a seeded random subset of N held-out images, stratified by label; none = all"})
+    subset_seed: int = field(default=0, metadata={
+        "group": "Data", "help": "seed of the subsets --max-train-images / --max-eval-images take"})
     batch_size: int = field(default=64, metadata={"group": "Data", "help": "feature-extraction batch per process"})
     num_workers: int = field(default=0, metadata={"group": "Data", "help": "DataLoader workers"})
     cache_dir: Optional[str] = field(default=None, metadata={
@@ -95,22 +97,13 @@ def at_image_size(backbone: LoadedBackbone, img_size: int) -> LoadedBackbone:
                           backbone.kind, teacher=backbone.teacher)
 
 
-def load_splits(config: ProbeConfig):
-    """(train, eval) datasets, truncated to --max-train-images / --max-eval-images."""
-    columns = dict(image_column=config.image_column, label_column=config.label_column)
-    splits = []
-    for split, limit in ((config.train_split, config.max_train_images), (config.eval_split, config.max_eval_images)):
-        dataset = load_image_dataset(config.dataset, split=split, **columns)
-        splits.append(dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset)
-    return splits
-
-
-def probe(config: ProbeConfig, backbone: LoadedBackbone, train_set, eval_set, accelerator: Accelerator) -> dict:
+def probe(config: ProbeConfig, backbone: LoadedBackbone, splits: Splits, accelerator: Accelerator) -> dict:
     """Extract (or load cached) features of both splits, train the head, top-1 / top-5 on the held-out split."""
     transform = build_transform(backbone.data_config, is_training=False)
     model = backbone.model.to(accelerator.device)
     features = {}
-    for split, dataset in ((config.train_split, train_set), (config.eval_split, eval_set)):
+    for split, dataset, subset in ((config.train_split, splits.train, splits.subsets["train"]),
+                                   (config.eval_split, splits.eval, splits.subsets["eval"])):
         loader = accelerator.prepare_data_loader(create_loader(
             dataset, backbone.data_config, config.batch_size, is_training=False, num_workers=config.num_workers,
             transform=transform))
@@ -119,12 +112,12 @@ def probe(config: ProbeConfig, backbone: LoadedBackbone, train_set, eval_set, ac
             with accelerator.autocast():
                 return extract_features(model, loader, accelerator, desc=f"{backbone.name} {split}")
 
-        path = feature_cache_path(config.cache_dir, backbone.name, split, backbone.data_config) \
-            if config.cache_dir else None
+        path = feature_cache_path(config.cache_dir, backbone.name, config.dataset, split, backbone.data_config,
+                                  subset) if config.cache_dir else None
         features[split] = cached_features(path, compute, write=accelerator.is_main_process)
         accelerator.wait_for_everyone()
     (train_x, train_y), (eval_x, eval_y) = features[config.train_split], features[config.eval_split]
-    num_classes = int(max(train_y.max(), eval_y.max())) + 1
+    num_classes = splits.num_classes or int(max(train_y.max(), eval_y.max())) + 1
     head = train_linear_probe(train_x, train_y, num_classes, epochs=config.epochs, lr=config.lr,
                               weight_decay=config.weight_decay, batch_size=config.probe_batch_size, seed=config.seed,
                               progress=accelerator.is_local_main_process)
@@ -139,7 +132,9 @@ def probe(config: ProbeConfig, backbone: LoadedBackbone, train_set, eval_set, ac
 
 def linear_probe_function(config: ProbeConfig) -> dict:
     accelerator, output_dir = start_run(config, seedable_data=False, write_config=False)
-    train_set, eval_set = load_splits(config)
+    splits = load_splits(config.dataset, config.train_split, config.eval_split, config.max_train_images,
+                         config.max_eval_images, subset_seed=config.subset_seed, image_column=config.image_column,
+                         label_column=config.label_column)
     kind = backbone_kind(config.backbone) if config.backbone_kind == "auto" else config.backbone_kind
     if kind == "teacher":
         backbone = load_backbone(config.backbone, kind=kind, pretrained=config.teacher_pretrained,
@@ -167,11 +162,12 @@ def linear_probe_function(config: ProbeConfig) -> dict:
     save_run_config(accelerator, config)
 
     result: dict[str, Any] = {"command": command_line(), "dataset": config.dataset, "eval_split": config.eval_split,
+                              "subsets": splits.subsets,
                               "raptor" if backbone.kind == "raptor" else "backbone":
-                                  probe(config, backbone, train_set, eval_set, accelerator)}
+                                  probe(config, backbone, splits, accelerator)}
     rows = [("backbone", result.get("raptor") or result["backbone"])]
     if teacher is not None:
-        result["teacher"] = probe(config, teacher, train_set, eval_set, accelerator)
+        result["teacher"] = probe(config, teacher, splits, accelerator)
         result["image_size"] = "x".join(map(str, backbone.data_config["input_size"][1:]))
         result["recovery"] = {k: result["raptor"][k] / result["teacher"][k] if result["teacher"][k] > 0 else None
                               for k in ("top1", "top5")}

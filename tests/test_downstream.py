@@ -257,7 +257,9 @@ def test_linear_probe_feature_cache_and_bad_input(raptor_folder, tmp_path):
     cache = tmp_path / "cache"
     first = run(["--backbone", "digits-vit", "--cache-dir", cache, "--output-dir", tmp_path / "a"])
     files = sorted(path.name for path in cache.iterdir())
-    assert files == ["digits-vit__test__32x32.safetensors", "digits-vit__train__32x32.safetensors"]
+    # one file per backbone, data, split, size and subset (40 train / 24 test images, subset seed 0)
+    assert files == ["digits-vit__digits__test__32x32__n24-seed0.safetensors",
+                     "digits-vit__digits__train__32x32__n40-seed0.safetensors"]
     assert load_file(str(cache / files[1]))["features"].shape == (40, 256)
     assert run(["--backbone", "digits-vit", "--cache-dir", cache, "--output-dir", tmp_path / "b"])["backbone"] \
         == first["backbone"]

@@ -104,18 +104,15 @@ def load_models(
 
 def _load_images(data: str, split: str, data_config: dict, num_images: int, batch_size: int, device: str
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data import create_loader, load_image_dataset
+    from ..data import create_loader, load_image_dataset, random_subset
 
-    dataset = load_image_dataset(data, split=split)
+    dataset, _ = random_subset(load_image_dataset(data, split=split), num_images)
     loader = create_loader(dataset, data_config, batch_size=batch_size, is_training=False)
-    images, labels, count = [], [], 0
+    images, labels = [], []
     for batch_images, batch_labels in loader:
-        images.append(batch_images[:num_images - count])
-        labels.append(batch_labels[:num_images - count])
-        count += images[-1].shape[0]
-        if count >= num_images:
-            break
-    if count == 0:
+        images.append(batch_images)
+        labels.append(batch_labels)
+    if not images:
         raise ValueError(f"--data {data!r} split {split!r} yielded no images.")
     return torch.cat(images).to(device), torch.cat(labels)
 
