@@ -6,7 +6,7 @@ Distil a teacher ViT into a Raptor (k unique blocks applied recurrently on a blo
 distillation: the teacher runs on the fly, its token trajectory is the target (DESIGN.md §5).
 
 Pipeline: teacher (`load_teacher`) -> data (digits / imagefolder / Hub dataset, timm transforms at the teacher's
-data_config; or synthetic images) -> phases (discovered on a few hundred training images, or given) -> Raptor
+data_config; or synthetic images) -> phases (discovered on a few hundred random training images, or given) -> Raptor
 initialised from the teacher -> stages (the paper's two stages, or one joint stage) -> fidelity and accuracy
 recovery -> saved model.
 
@@ -23,7 +23,6 @@ Outputs in --output-dir: args.yaml, phases.json + phase_heatmap.png (when discov
 (model.safetensors + config.json + README.md, raptor_zoo.hub.save_pretrained): it loads with
 `raptor_zoo.from_pretrained(<output-dir>)`.
 """
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,10 +34,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raptor_zoo.data import build_transform, create_loader, load_image_dataset
+from raptor_zoo.data import build_transform, create_loader, load_image_dataset, random_subset
 from raptor_zoo.distill import (
     PAPER_JOINT_TOKEN_WEIGHTS,
     PAPER_PHASE_TOKEN_WEIGHTS,
@@ -97,9 +97,17 @@ class DistillConfig:
     image_column: str = field(default="image", metadata={"group": "Data", "help": "image column of the dataset"})
     label_column: str = field(default="label", metadata={"group": "Data", "help": "label column of the dataset"})
     max_train_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "use only the first N training images (map-style datasets); none = all"})
+        "group": "Data", "help": "a seeded random subset of N training images, stratified by label; none = all"})
+    subset_seed: int = field(default=0, metadata={
+        "group": "Data", "help": "seed of the subsets --max-train-images, --eval-max-batches and phase discovery take"})
     augment: bool = field(default=False, metadata={
         "group": "Data", "help": "timm training augmentation; off = one fixed view per image, as the paper"})
+    augment_scale: tuple[float, float] = field(default=(0.08, 1.0), metadata={
+        "group": "Data", "help": "--augment: RandomResizedCrop scale range (timm's default)"})
+    augment_hflip: float = field(default=0.5, metadata={
+        "group": "Data", "help": "--augment: horizontal flip probability (timm's default)"})
+    augment_color_jitter: float = field(default=0.0, metadata={
+        "group": "Data", "help": "--augment: colour jitter strength (0 = none; timm's ImageNet recipes use 0.4)"})
     synthetic_data: bool = field(default=False, metadata={
         "group": "Data", "help": "random normalised images at the teacher's input size instead of a dataset"})
     synthetic_size: int = field(default=10_000, metadata={
@@ -113,7 +121,7 @@ class DistillConfig:
     phases: Literal["auto", "even", "paper"] = field(default="auto", metadata={
         "group": "Student", "help": "schedule without block_schedule: auto = phase discovery on phase_images "
                                     "training images; even split; paper = DINOv2-B boundaries scaled"})
-    phase_images: int = field(default=256, metadata={"group": "Student", "help": "images for phase discovery"})
+    phase_images: int = field(default=256, metadata={"group": "Student", "help": "random training images for phase discovery"})
     phase_metric: str = field(default="cls_patchmean", metadata={"group": "Student", "help": "phases.discover metric"})
     phase_algorithm: Literal["divisive", "contiguous"] = field(default="divisive", metadata={
         "group": "Student", "help": "phases.discover partition algorithm"})
@@ -149,6 +157,10 @@ class DistillConfig:
         "group": "Objective", "help": "joint-stage objective; none = ar (two_stage) / tf_ar (joint)"})
     distance: Literal["mse", "cosine"] = field(default="mse", metadata={
         "group": "Objective", "help": "trajectory distance: mse or 1 - cosine"})
+    last_layers_weight: float = field(default=1.0, metadata={
+        "group": "Objective", "help": "loss weight of the last --last-layers layers (the ones a probe reads) against 1"})
+    last_layers: int = field(default=1, metadata={
+        "group": "Objective", "help": "how many of the last layers --last-layers-weight applies to"})
     phase_token_weights: Optional[tuple[float, float, float]] = field(default=None, metadata={
         "group": "Objective", "help": "(cls, registers, patches) weights of phases before the last; none = plain"})
     last_phase_token_weights: Optional[tuple[float, float, float]] = field(default=PAPER_PHASE_TOKEN_WEIGHTS, metadata={
@@ -175,6 +187,9 @@ class DistillConfig:
     weight_decay: float = field(default=1e-4, metadata={"group": "Optimisation", "help": "AdamW weight decay"})
     grad_clip: Optional[float] = field(default=1.0, metadata={
         "group": "Optimisation", "help": "max gradient norm, none to disable"})
+    ema_decay: Optional[float] = field(default=None, metadata={
+        "group": "Optimisation", "help": "keep an EMA of the Raptor's weights (timm ModelEmaV3, e.g. 0.99) and evaluate "
+                                         "and save it instead of the raw weights; none = off"})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "group": "Optimisation", "help": "micro-batches per optimiser step"})
     seed: int = field(default=0, metadata={"group": "Optimisation", "help": "seed of init and data order"})
@@ -190,7 +205,8 @@ class DistillConfig:
     eval_every: int = field(default=0, metadata={
         "group": "Run", "help": "fidelity evaluation interval in steps, 0 = only at the end"})
     eval_max_batches: Optional[int] = field(default=None, metadata={
-        "group": "Run", "help": "evaluation batches per process; none = the whole held-out split"})
+        "group": "Run", "help": "evaluate on a seeded random (stratified) subset of this many batches per process; "
+                                "none = the whole held-out split"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={
         "group": "Run", "help": "autocast of the student"})
     cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
@@ -200,6 +216,7 @@ class DistillConfig:
     def __post_init__(self):
         positive = {
             "batch_size": self.batch_size, "max_steps": self.max_steps, "phase_images": self.phase_images,
+            "last_layers": self.last_layers,
             "gradient_accumulation_steps": self.gradient_accumulation_steps, "keep_checkpoints": self.keep_checkpoints,
             "synthetic_size": self.synthetic_size}
         optional_positive = {
@@ -220,6 +237,8 @@ class DistillConfig:
         if self.train_adapters_only and self.relax_rank == 0:
             raise ValueError("--train-adapters-only trains the per-step adapters of a relaxed Raptor: set --relax-rank "
                              "(e.g. 4), usually with --init-from a trained pure Raptor.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in (0, 1) (e.g. 0.99), got {self.ema_decay}.")
         if self.init_blocks_from is not None and self.init_from is not None:
             raise ValueError("Pass --init-from (a whole student) or --init-blocks-from (one folder per block), not both.")
 
@@ -240,19 +259,23 @@ class SyntheticImages(Dataset):
         return torch.randn(self.input_size, generator=generator), -1
 
 
-def load_datasets(config: DistillConfig):
-    """(train, eval) image datasets; None when the data is synthetic (its size comes from the teacher)."""
+def load_datasets(config: DistillConfig, num_processes: int = 1):
+    """(train, eval, subsets): image datasets limited to seeded random subsets, and the records of what was taken.
+
+    ``--max-train-images`` and ``--eval-max-batches`` (that many batches per process) take stratified random subsets
+    (:func:`raptor_zoo.data.random_subset`), never the first images of a folder sorted by class. Synthetic data gives
+    ``(None, None, {})`` (its size comes from the teacher).
+    """
     if config.synthetic_data:
-        return None, None
+        return None, None, {}
     columns = dict(image_column=config.image_column, label_column=config.label_column)
     train_set = load_image_dataset(config.dataset, split=config.train_split, streaming=config.streaming, **columns)
     eval_set = load_image_dataset(config.dataset, split=config.eval_split, streaming=config.streaming, **columns)
-    if config.max_train_images is not None:
-        if config.streaming:
-            train_set = train_set.take(config.max_train_images)
-        else:
-            train_set = train_set.select(range(min(config.max_train_images, len(train_set))))
-    return train_set, eval_set
+    train_set, train_record = random_subset(train_set, config.max_train_images, seed=config.subset_seed)
+    max_eval_images = None if config.eval_max_batches is None \
+        else config.eval_max_batches * (config.eval_batch_size or config.batch_size) * num_processes
+    eval_set, eval_record = random_subset(eval_set, max_eval_images, seed=config.subset_seed)
+    return train_set, eval_set, {"train": train_record, "eval": eval_record}
 
 
 def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dict) -> tuple[DataLoader, DataLoader]:
@@ -265,30 +288,27 @@ def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dic
         train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                   num_workers=config.num_workers, generator=generator)
         return train_loader, DataLoader(eval_set, batch_size=eval_batch_size, num_workers=config.num_workers)
-    train_transform = None if config.augment else build_transform(data_config, is_training=False)
+    train_transform = build_transform(
+        data_config, is_training=True, scale=config.augment_scale, hflip=config.augment_hflip,
+        color_jitter=config.augment_color_jitter) if config.augment else build_transform(data_config, is_training=False)
     train_loader = create_loader(train_set, data_config, config.batch_size, is_training=True, seed=config.seed,
                                  num_workers=config.num_workers, transform=train_transform)
     eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers)
     return train_loader, eval_loader
 
 
-def phase_discovery_images(train_loader: DataLoader, data_config: dict, num_images: int) -> torch.Tensor:
-    """The first ``num_images`` training images, in order and without augmentation, as one tensor."""
-    dataset = train_loader.dataset
-    if hasattr(dataset, "transform"):
-        dataset = copy.copy(dataset)
-        dataset.transform = build_transform(data_config, is_training=False)
-    images, total = [], 0
-    for batch in DataLoader(dataset, batch_size=64, shuffle=False):
-        images.append(batch[0])
-        total += batch[0].shape[0]
-        if total >= num_images:
-            break
-    return torch.cat(images)[:num_images]
+def phase_discovery_images(train_set, data_config: dict, num_images: int, seed: int) -> torch.Tensor:
+    """A seeded random (stratified where labelled) subset of ``num_images`` training images, unaugmented."""
+    if isinstance(train_set, SyntheticImages):
+        return torch.stack([train_set[index][0] for index in range(min(num_images, len(train_set)))])
+    subset, _ = random_subset(train_set, num_images, seed=seed)
+    transform = build_transform(data_config, is_training=False)
+    images = [transform(example["image"].convert("RGB")) for example in subset]
+    return torch.stack(images[:num_images])
 
 
-def resolve_block_schedule(config: DistillConfig, teacher, train_loader: DataLoader, accelerator: Accelerator,
-                           resumed_state: Optional[dict]):
+def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_loader: DataLoader,
+                           accelerator: Accelerator, resumed_state: Optional[dict]):
     """(block_schedule, PhaseResult or None): explicit > the resumed checkpoint's > discovered / even / paper."""
     depth = teacher.depth
     if config.block_schedule is not None:
@@ -307,7 +327,11 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_loader: DataLoa
         return scaled_paper_schedule(depth, config.k), None
     result = [None]
     if accelerator.is_main_process:
-        images = phase_discovery_images(train_loader, teacher.data_config, config.phase_images)
+        images = phase_discovery_images(train_loader.dataset if config.synthetic_data else train_set,
+                                        teacher.data_config, config.phase_images, config.subset_seed)
+        if len(images) < config.phase_images:
+            accelerator.print(f"Phase discovery on all {len(images)} training images (--phase-images "
+                              f"{config.phase_images} asked for more).")
         result = [discover(teacher, images.to(accelerator.device), k=config.k, metric=config.phase_metric,
                            algorithm=config.phase_algorithm).to_dict()]
     broadcast_object_list(result)
@@ -400,7 +424,7 @@ def training_function(config: DistillConfig) -> dict:
         torch.set_float32_matmul_precision("high")  # fp32 teacher targets with TF32 matmuls (DESIGN.md §5)
 
     # data (a missing data directory fails here, first), teacher, loaders at the teacher's data_config
-    train_set, eval_set = load_datasets(config)
+    train_set, eval_set, subsets = load_datasets(config, accelerator.num_processes)
     teacher = load_teacher(config.teacher, pretrained=config.teacher_pretrained, img_size=config.teacher_img_size,
                            **config.teacher_kwargs)
     train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher.data_config)
@@ -432,7 +456,8 @@ def training_function(config: DistillConfig) -> dict:
         config.joint_token_weights)
     if config.init_blocks_from is not None and parse_phase_index(config.phase_index, k) is not None:
         raise ValueError("--init-blocks-from starts a joint run from stage-1 jobs; use it with --phase-index all.")
-    block_schedule, phases = resolve_block_schedule(config, teacher, train_loader, accelerator, resumed_state)
+    block_schedule, phases = resolve_block_schedule(config, teacher, train_set, train_loader, accelerator,
+                                                   resumed_state)
     set_seed(config.seed)
     student = RaptorVisionTransformer.from_teacher(
         teacher, block_schedule=block_schedule, block_type=config.block_type, init=config.init,
@@ -460,10 +485,16 @@ def training_function(config: DistillConfig) -> dict:
 
     def write_run_state(models, weights, checkpoint_dir):
         if accelerator.is_main_process:
-            state = dict(identity, **position, global_step=checkpoints.progress.step)
+            state = dict(identity, **position, global_step=checkpoints.progress.step, **clocks())
             (Path(checkpoint_dir) / RUN_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     accelerator.register_save_state_pre_hook(write_run_state)
+    ema = ModelEmaV3(student, decay=config.ema_decay, device=accelerator.device) if config.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    def evaluated_model() -> torch.nn.Module:
+        return ema.module if ema is not None else student
 
     total_steps = sum(stage.max_steps for stage in stages)
     global_step, start_stage, steps_this_run = 0, 0, 0
@@ -471,7 +502,14 @@ def training_function(config: DistillConfig) -> dict:
         start_stage = resumed_state["stage_index"]
     history: list[dict] = []
     stopped_early = False
-    start_time = time.perf_counter()
+    # the run's clocks continue across resumes: the time of the checkpointed steps travels in the run state
+    start_time, start_cpu = time.perf_counter(), time.process_time()
+    earlier = {key: resumed_state.get(key, 0.0) if resumed_state else 0.0 for key in ("train_time_s", "cpu_time_s")}
+
+    def clocks() -> dict[str, float]:
+        return {"train_time_s": earlier["train_time_s"] + time.perf_counter() - start_time,
+                "cpu_time_s": earlier["cpu_time_s"] + time.process_time() - start_cpu}
+
     progress = tqdm(total=total_steps, desc="distill", disable=not accelerator.is_local_main_process)
     for stage_index in range(start_stage, len(stages)):
         stage = stages[stage_index]
@@ -479,6 +517,7 @@ def training_function(config: DistillConfig) -> dict:
         task = TrajectoryDistillationTask(
             student, teacher, tf_anneal_ratio=config.tf_anneal_ratio, tf_min=config.tf_min, distance=config.distance,
             input_noise_std=config.input_noise_std, teacher_precision=config.teacher_precision,
+            last_layers_weight=config.last_layers_weight, last_layers=config.last_layers,
             train_adapters_only=config.train_adapters_only, **stage.task_kwargs())
         trainable = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -527,6 +566,8 @@ def training_function(config: DistillConfig) -> dict:
                     continue
                 stage_step += 1
                 global_step += 1
+                if ema is not None:
+                    ema.update(student, step=global_step)
                 steps_this_run += 1
                 position["stage_step"] = stage_step
                 lr = optimizer.param_groups[0]["lr"]
@@ -544,7 +585,7 @@ def training_function(config: DistillConfig) -> dict:
                     checkpoints.save(global_step)
                 last_step = stage_done and stage_index == len(stages) - 1
                 if config.eval_every and (global_step % config.eval_every == 0 or stage_done) and not last_step:
-                    metrics = evaluate_fidelity(student, teacher, stage_eval_loader, config.eval_max_batches,
+                    metrics = evaluate_fidelity(evaluated_model(), teacher, stage_eval_loader,
                                                 accelerator=accelerator, progress=False)
                     history.append({"step": global_step, "stage": stage.name, **metrics})
                     accelerator.print(f"step {global_step} ({stage.name}): {fidelity_summary(metrics)}")
@@ -563,7 +604,7 @@ def training_function(config: DistillConfig) -> dict:
         if stopped_early:
             break
     progress.close()
-    train_time_s = time.perf_counter() - start_time
+    train_time_s = clocks()["train_time_s"]
     if stopped_early:
         accelerator.print(f"Stopped after {steps_this_run} steps this run (global step {global_step} of "
                           f"{total_steps}); checkpoint {checkpoints.latest()}. Continue with --resume latest.")
@@ -571,24 +612,24 @@ def training_function(config: DistillConfig) -> dict:
         return {"global_step": global_step, "stopped_early": True}
 
     # evaluation and the saved Raptor
-    metrics = evaluate_fidelity(student, teacher, stage_eval_loader, config.eval_max_batches, accelerator=accelerator)
+    metrics = evaluate_fidelity(evaluated_model(), teacher, stage_eval_loader, accelerator=accelerator)
     training = {
         "command": command_line(), "teacher": teacher.name, "dataset": "synthetic" if config.synthetic_data
-        else config.dataset, "schedule": config.schedule, "stages": [stage.to_dict() for stage in stages],
+        else config.dataset, "subsets": subsets, "schedule": config.schedule, "stages": [stage.to_dict() for stage in stages],
         "block_schedule": list(student.block_schedule), "seed": config.seed, "steps": global_step,
         "global_batch_size": config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps,
         "num_processes": accelerator.num_processes, "mixed_precision": config.mixed_precision,
-        "teacher_precision": config.teacher_precision, "train_time_s": train_time_s,
+        "teacher_precision": config.teacher_precision, "ema_decay": config.ema_decay, **clocks(),
     }
     result = {**metrics, "training": training, "history": history}
     if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         plot_fidelity(metrics, output_dir / "fidelity.png")
-        save_pretrained(student, output_dir, phases=phases, metrics=card_metrics(config, metrics), training=training,
-                        plots={"fidelity.png": output_dir / "fidelity.png"})
+        save_pretrained(evaluated_model(), output_dir, phases=phases, metrics=card_metrics(config, metrics),
+                        training=training, plots={"fidelity.png": output_dir / "fidelity.png"})
     mean_cosine = metrics["mean_cosine"]["all"]
     accelerator.print(
-        f"done: {global_step} steps in {train_time_s:.0f} s ({train_time_s / max(steps_this_run, 1):.3f} s/step); "
+        f"done: {global_step} steps in {train_time_s:.0f} s ({train_time_s / max(global_step, 1):.3f} s/step); "
         f"block_schedule {tuple(student.block_schedule)}; mean per-layer cosine {mean_cosine:.4f}; "
         + (f"teacher accuracy {metrics['teacher_accuracy']:.4f}, Raptor accuracy {metrics['raptor_accuracy']:.4f}, "
            f"recovery {metrics['recovery']:.4f}; " if metrics["recovery"] is not None else "")

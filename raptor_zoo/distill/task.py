@@ -128,6 +128,8 @@ class TrajectoryDistillationTask(nn.Module):
             tf_min: float = 0.0,
             distance: Distance = "mse",
             token_weights: Optional[TokenWeights] = None,
+            last_layers_weight: float = 1.0,
+            last_layers: int = 1,
             input_noise_std: float = 0.0,
             teacher_precision: TeacherPrecision = "fp32",
             freeze: bool = True,
@@ -146,6 +148,9 @@ class TrajectoryDistillationTask(nn.Module):
             tf_min: floor of λ (paper: 0).
             distance: 'mse' or 'cosine' (1 − cosine per token).
             token_weights: (w_cls, w_reg, w_patch) group weights, None for a plain mean over tokens.
+            last_layers_weight: weight of the model's last ``last_layers`` layers (the ones a probe or head reads)
+                against 1 for every other layer of the segment; the loss is the weighted mean over its layers.
+            last_layers: how many of the last layers ``last_layers_weight`` applies to.
             input_noise_std: σ of Gaussian noise added to every block input while training (paper: 0).
             teacher_precision: 'fp32' targets (autocast disabled for the teacher) or 'bf16' (teacher under
                 bf16 autocast, targets cast back to fp32).
@@ -188,6 +193,9 @@ class TrajectoryDistillationTask(nn.Module):
             raise ValueError(f"objective='tf_ar' anneals over the stage's steps: pass max_steps >= 1, got {max_steps!r}.")
         if input_noise_std < 0:
             raise ValueError(f"input_noise_std must be >= 0, got {input_noise_std}.")
+        if last_layers_weight <= 0 or not 1 <= last_layers <= student.depth:
+            raise ValueError(f"last_layers_weight must be > 0 and last_layers in 1..{student.depth}; got "
+                             f"{last_layers_weight} and {last_layers}.")
         # validates the schedule's arguments once, up front
         teacher_forcing_weight(0, max_steps or 1, tf_anneal_ratio, tf_min)
 
@@ -210,6 +218,10 @@ class TrajectoryDistillationTask(nn.Module):
         else:
             self.segment = (0, student.depth)
             self.trainable_blocks = tuple(range(num_blocks))
+        # per produced layer of the segment (layers start+1..stop); None = every layer alike
+        produced = range(self.segment[0] + 1, self.segment[1] + 1)
+        weights = [last_layers_weight if layer > student.depth - last_layers else 1.0 for layer in produced]
+        self.layer_weights = weights if len(set(weights)) > 1 else None
         if freeze:
             freeze_for_distillation(student, self.trainable_blocks, train_adapters_only=train_adapters_only)
         self.teacher.requires_grad_(False).eval()
@@ -285,12 +297,16 @@ class TrajectoryDistillationTask(nn.Module):
         return torch.stack(states, dim=1)
 
     def trajectory_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The configured distance between predicted and teacher states."""
+        """The configured distance between predicted and teacher states ``[B, T, N, D]`` of the segment's layers."""
         teacher = self.teacher
-        return trajectory_distance(
-            pred, target, self.distance, self.token_weights,
-            num_prefix_tokens=teacher.num_prefix_tokens, num_reg_tokens=teacher.num_reg_tokens,
-            has_class_token=teacher.has_class_token)
+        layout = dict(num_prefix_tokens=teacher.num_prefix_tokens, num_reg_tokens=teacher.num_reg_tokens,
+                      has_class_token=teacher.has_class_token)
+        if self.layer_weights is None:
+            return trajectory_distance(pred, target, self.distance, self.token_weights, **layout)
+        per_layer = torch.stack([trajectory_distance(pred[:, t], target[:, t], self.distance, self.token_weights,
+                                                     **layout) for t in range(pred.shape[1])])
+        weights = per_layer.new_tensor(self.layer_weights)
+        return (weights * per_layer).sum() / weights.sum()
 
     # ------------------------------------------------------------------ forward
 
@@ -314,7 +330,7 @@ class TrajectoryDistillationTask(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"stage={self.stage!r}, segment={self.segment}, objective={self.objective!r}, "
-                f"distance={self.distance!r}, token_weights={self.token_weights}")
+                f"distance={self.distance!r}, token_weights={self.token_weights}, layer_weights={self.layer_weights}")
 
 
 def _ignore_missing_teacher_keys(module: nn.Module, incompatible_keys: Any) -> None:
