@@ -38,7 +38,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raptor_zoo.data import build_transform, create_loader, load_image_dataset, random_subset
+from raptor_zoo.data import TransformedDataset, build_transform, create_loader, load_image_dataset, random_subset
 from raptor_zoo.distill import (
     PAPER_JOINT_TOKEN_WEIGHTS,
     PAPER_PHASE_TOKEN_WEIGHTS,
@@ -49,6 +49,7 @@ from raptor_zoo.distill import (
     plot_fidelity,
     stage_plan,
 )
+from raptor_zoo.distill.trajectory_cache import CachedTrajectories, TrajectoryCache
 from raptor_zoo.hub import HEATMAP_NAME, PHASES_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
 from raptor_zoo.models.raptor_vit import (
     RELAX_TARGETS,
@@ -113,6 +114,12 @@ class DistillConfig:
     synthetic_size: int = field(default=10_000, metadata={
         "group": "Data", "help": "training images of the synthetic dataset (evaluation: 512)"})
     num_workers: int = field(default=0, metadata={"group": "Data", "help": "DataLoader worker processes"})
+    trajectory_cache: Optional[str] = field(default=None, metadata={
+        "group": "Data", "help": "folder of a cache of the teacher's trajectories of the training images, computed once "
+                                 "and read every epoch (needs a fixed image set: no --augment or --streaming); none = "
+                                 "the teacher runs on every batch"})
+    trajectory_cache_dtype: Literal["fp16", "fp32"] = field(default="fp16", metadata={
+        "group": "Data", "help": "storage of the trajectory cache (fp32: exactly the on-the-fly targets)"})
     # student
     k: Optional[int] = field(default=2, metadata={
         "group": "Student", "help": "number of unique blocks (ignored when block_schedule is given)"})
@@ -237,6 +244,9 @@ class DistillConfig:
         if self.train_adapters_only and self.relax_rank == 0:
             raise ValueError("--train-adapters-only trains the per-step adapters of a relaxed Raptor: set --relax-rank "
                              "(e.g. 4), usually with --init-from a trained pure Raptor.")
+        if self.trajectory_cache is not None and (self.augment or self.streaming or self.synthetic_data):
+            raise ValueError("--trajectory-cache stores the teacher's trajectories of a fixed image set: drop --augment, "
+                             "--streaming and --synthetic-data, or drop --trajectory-cache.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in (0, 1) (e.g. 0.99), got {self.ema_decay}.")
         if self.init_blocks_from is not None and self.init_from is not None:
@@ -295,6 +305,27 @@ def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dic
                                  num_workers=config.num_workers, transform=train_transform)
     eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers)
     return train_loader, eval_loader
+
+
+def cached_train_loader(config: DistillConfig, teacher, train_set, subsets: dict, accelerator: Accelerator
+                        ) -> tuple[DataLoader, TrajectoryCache]:
+    """A loader of the teacher's cached trajectories of ``train_set`` (built once by the main process), with the
+    sampler of the image loader it replaces: the same seed gives the same batches."""
+    identity = {"teacher": teacher.name, "data_config": teacher.data_config, "dataset": config.dataset,
+                "split": config.train_split, "subset": subsets.get("train"), "teacher_precision": config.teacher_precision}
+    images = TransformedDataset(train_set, build_transform(teacher.data_config, is_training=False))
+    with accelerator.main_process_first():
+        precision = torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
+                                   enabled=config.teacher_precision == "bf16")
+        with precision:
+            cache = TrajectoryCache.open_or_build(
+                config.trajectory_cache, teacher, images, json.loads(json.dumps(identity, default=list)),
+                dtype=config.trajectory_cache_dtype, batch_size=config.eval_batch_size or config.batch_size,
+                device=accelerator.device, progress=accelerator.is_local_main_process)
+    loader = DataLoader(CachedTrajectories(cache, train_set["label"]), batch_size=config.batch_size, shuffle=True,
+                        drop_last=True, num_workers=config.num_workers,
+                        generator=torch.Generator().manual_seed(config.seed), persistent_workers=config.num_workers > 0)
+    return loader, cache
 
 
 def phase_discovery_images(train_set, data_config: dict, num_images: int, seed: int) -> torch.Tensor:
@@ -428,11 +459,16 @@ def training_function(config: DistillConfig) -> dict:
     teacher = load_teacher(config.teacher, pretrained=config.teacher_pretrained, img_size=config.teacher_img_size,
                            **config.teacher_kwargs)
     train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher.data_config)
+    teacher.to(accelerator.device)
+    cache = None
+    if config.trajectory_cache is not None:
+        train_loader, cache = cached_train_loader(config, teacher, train_set, subsets, accelerator)
+        accelerator.print(f"Teacher trajectories of {len(cache)} training images cached in {cache.folder} "
+                          f"({cache.meta['dtype']}, {cache.bytes_per_image / 2 ** 20:.2f} MiB per image).")
     if not config.streaming and len(train_loader) < accelerator.num_processes:
         raise ValueError(
             f"{len(train_loader.dataset)} training images give no full batch of --batch-size {config.batch_size} for "
             f"each of {accelerator.num_processes} process(es); lower --batch-size or use more images.")
-    teacher.to(accelerator.device)
 
     # resume: the checkpoint's run state is read before anything is built from the config
     checkpoints = CheckpointManager(accelerator, output_dir, keep_last=config.keep_checkpoints)
@@ -542,11 +578,11 @@ def training_function(config: DistillConfig) -> dict:
                 break
             position.update(epoch=epoch, batches_in_epoch=batches_to_skip if epoch == start_epoch else 0)
             batches_seen = 0
-            for images, _ in epoch_dataloader(accelerator, stage_train_loader, epoch, start_epoch, batches_to_skip):
+            for inputs, _ in epoch_dataloader(accelerator, stage_train_loader, epoch, start_epoch, batches_to_skip):
                 batches_seen += 1
                 with accelerator.accumulate(task):
                     scheduler.step_update(num_updates=stage_step + 1)
-                    out = task(images, step=stage_step)
+                    out = task(trajectory=inputs, step=stage_step) if cache is not None else task(inputs, step=stage_step)
                     loss = out["loss"]
                     accelerator.backward(loss)
                     losses = accelerator.gather(loss.detach().reshape(1))
@@ -619,7 +655,9 @@ def training_function(config: DistillConfig) -> dict:
         "block_schedule": list(student.block_schedule), "seed": config.seed, "steps": global_step,
         "global_batch_size": config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps,
         "num_processes": accelerator.num_processes, "mixed_precision": config.mixed_precision,
-        "teacher_precision": config.teacher_precision, "ema_decay": config.ema_decay, **clocks(),
+        "teacher_precision": config.teacher_precision, "ema_decay": config.ema_decay,
+        "trajectory_cache": None if cache is None else {**cache.meta, "bytes_per_image": cache.bytes_per_image},
+        **clocks(),
     }
     result = {**metrics, "training": training, "history": history}
     if accelerator.is_main_process:

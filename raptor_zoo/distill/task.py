@@ -310,9 +310,20 @@ class TrajectoryDistillationTask(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, images: torch.Tensor, step: int = 0) -> dict[str, Any]:
-        """Loss of one batch at stage-local optimiser ``step`` (it sets λ)."""
-        targets = self.teacher_targets(images)
+    def forward(self, images: Optional[torch.Tensor] = None, step: int = 0,
+                trajectory: Optional[torch.Tensor] = None) -> dict[str, Any]:
+        """Loss of one batch at stage-local optimiser ``step`` (it sets λ).
+
+        ``trajectory`` (the teacher's states ``[B, L + 1, N, D]`` of the batch, e.g. from a
+        :class:`~raptor_zoo.distill.trajectory_cache.TrajectoryCache`) replaces the teacher's forward on ``images``.
+        """
+        if (images is None) == (trajectory is None):
+            raise ValueError("Pass the batch's images or its cached teacher trajectory, not both and not neither.")
+        if trajectory is None:
+            targets = self.teacher_targets(images)
+        else:
+            start, stop = self.segment
+            targets = trajectory[:, start:stop + 1].float()
         tf_weight = self.tf_weight(step)
         loss = targets.new_zeros(())
         tf_loss = ar_loss = output = None
