@@ -20,6 +20,8 @@ Every Raptor run records probe recovery (a linear probe on concat(cls, mean patc
 seeded stratified images and size), the per-layer cosine to the teacher by token group on a random all-digit test
 subset and on the photos, the anytime curve, CPU seconds of the distillation (one thread), s/step against the bound
 measured on this machine, the distillation pool the recipe took (seed, count, class histogram) and the commit.
+Two-stage runs on the MNIST pool read the teacher's trajectories from one fp32 cache built once for the pool
+(``--trajectory-cache``): their CPU seconds leave out the teacher's forward, which the cache paid once.
 
     python benchmarks/study_real.py                        # the whole grid (CPU-hours), resumable, shareable
     python benchmarks/study_real.py --parts budget         # one part
@@ -157,6 +159,10 @@ class StudyRealConfig:
     photo_crops: int = field(default=2000, metadata={
         "group": "Mixed", "help": "augmented photo crops added to the MNIST pool of the mixed run"})
     batch_size: int = field(default=32, metadata={"group": "Raptors", "help": "distillation batch"})
+    trajectory_cache: bool = field(default=True, metadata={
+        "group": "Raptors", "help": "two-stage runs on the MNIST pool read the teacher's trajectories from one fp32 "
+                                    "cache shared by all runs (the same targets; benchmarks/distill_step_cost.py: "
+                                    "0.8x the step time) instead of running the teacher on every batch"})
     max_train_images: int = field(default=10_000, metadata={
         "group": "Raptors", "help": "MNIST distillation pool: a seeded random subset, stratified by digit"})
     probe_train_images: int = field(default=5000, metadata={"group": "Probe", "help": "MNIST train images of the probe"})
@@ -531,6 +537,9 @@ def distill_argv(config: StudyRealConfig, run: Run, depth: int) -> list[str]:
               "--output-dir", str(Path(config.work_dir) / run.name), "--resume", "latest", "--checkpoint-every", "50",
               "--keep-checkpoints", "1", "--cpu"]
     common += ["--max-train-images", "none" if run.data == "mnist+photos" else str(config.max_train_images)]
+    if config.trajectory_cache and run.data == "mnist" and run.recipe == "two-stage" and run.lever != "augment":
+        common += ["--trajectory-cache", str(Path(config.work_dir) / f"trajectory_cache_{config.img_size}px"),
+                   "--trajectory-cache-dtype", "fp32"]
     if run.recipe == "two-stage":
         scale = run.steps / RECIPE_STEPS
         argv = ["--config", str(RECIPE_CONFIG), *common, "--phase-max-steps", str(max(1, round(37 * scale))),
@@ -594,6 +603,7 @@ def run_raptor(config: StudyRealConfig, run: Run) -> dict[str, Any]:
         "mean_cosine": metrics["mean_cosine"], "cosine": metrics["cosine"],
         "photo_mean_cosine": photo_fidelity["mean_cosine"], "photo_cosine": photo_fidelity["cosine"],
         "teacher_anytime_top1": teacher_curve, "raptor_anytime_top1": raptor_curve,
+        "teacher_targets": "cached (fp32, shared by the grid's runs)" if training["trajectory_cache"] else "on the fly",
         "train_time_s": training["train_time_s"], "cpu_s": training["cpu_time_s"], "s_per_step": s_per_step, "bound_s_per_step": bound,
         "ratio_to_bound": s_per_step / bound, "threads": torch.get_num_threads(),
         "probe_images": [config.probe_train_images, config.probe_eval_images], "probe_by_train_size": by_train_size,

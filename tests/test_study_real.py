@@ -65,7 +65,8 @@ def test_the_real_teacher_cpu_config_is_the_lever_the_study_measured():
     config = study.StudyRealConfig(out_dir="/nonexistent")
     measured = parse_config(DistillConfig, study.distill_argv(config, study.Run(2, 0, 150), 12))
     shipped = parse_config(DistillConfig, ["--config", str(REPO / "recipes" / "configs" / "real_teacher_cpu_k2.yaml")])
-    bookkeeping = {"output_dir", "resume", "cpu", "relax_rank", "phase_images", "checkpoint_every", "keep_checkpoints"}
+    bookkeeping = {"output_dir", "resume", "cpu", "relax_rank", "phase_images", "checkpoint_every", "keep_checkpoints",
+                   "trajectory_cache", "trajectory_cache_dtype"}
     differ = {name: (getattr(measured, name), getattr(shipped, name)) for name in vars(measured)
               if name not in bookkeeping and getattr(measured, name) != getattr(shipped, name)}
     assert differ == {}
@@ -98,6 +99,7 @@ def test_quick_study_runs_every_part_records_and_resumes(tmp_path):
     assert len(raptor["raptor_anytime_top1"]) == len(raptor["teacher_anytime_top1"]) == 4
     assert raptor["recovery"] == pytest.approx(raptor["raptor_probe_top1"] / raptor["teacher_probe_top1"])
     assert raptor["cpu_s"] > 0 and raptor["ratio_to_bound"] > 0 and len(raptor["commit"]) >= 40
+    assert raptor["teacher_targets"].startswith("cached") and (tmp_path / "work" / "trajectory_cache_56px").is_dir()
     assert {"all", "cls", "patches"} <= set(raptor["mean_cosine"]) <= set(raptor["photo_mean_cosine"])
     pool = raptor["distill_pool"]
     assert (pool["count"], pool["method"]) == (64, "stratified by label") and len(pool["class_histogram"]) == 10
