@@ -67,6 +67,7 @@ METRIC_FIELDS: dict[str, str] = {
     "raptor_accuracy": "Raptor top-1 with the teacher's head (copied, frozen), fraction in [0, 1]",
     "teacher_probe_accuracy": "teacher top-1 of a retrained linear probe, fraction in [0, 1]",
     "raptor_probe_accuracy": "Raptor top-1 of a retrained linear probe, fraction in [0, 1]",
+    "embedding_cosine": "mean cosine of the Raptor's image embeddings to the teacher's (an embedding head)",
     "fidelity": "per-layer similarity to the teacher's states, one value per layer 1..L",
     "fidelity_metric": "name of the fidelity measure (default 'cosine similarity')",
     "teacher_throughput": "teacher images / s",
@@ -166,13 +167,18 @@ def _measured_on(metrics: Mapping[str, Any]) -> str:
         return ""
     if any(metrics.get(key) is not None for key in ("teacher_accuracy", "raptor_accuracy")):
         return f" Accuracy measured on {metrics['num_eval_images']} images."
+    if metrics.get("embedding_cosine") is not None:
+        return f" Image-embedding and per-layer fidelity measured on {metrics['num_eval_images']} held-out images."
     if metrics.get("fidelity") is not None:
         return f" Fidelity measured on {metrics['num_eval_images']} images; accuracy not measured."
     return ""
 
 
-def _check_metrics(metrics: Mapping[str, Any] | None, depth: int) -> dict[str, Any]:
+def _check_metrics(metrics: Mapping[str, Any] | None, depth: int, embedding_head: bool = False) -> dict[str, Any]:
     metrics = dict(metrics or {})
+    if embedding_head and any(metrics.get(key) is not None for key in ("teacher_accuracy", "raptor_accuracy")):
+        raise ValueError("This Raptor's head is an image-embedding projection, not a classifier: the top-1 of its "
+                         "outputs is no accuracy. Report embedding_cosine (and probe accuracies) instead.")
     unknown = sorted(set(metrics) - set(METRIC_FIELDS))
     if unknown:
         raise ValueError(f"Unknown card metrics {unknown}; valid keys: {sorted(METRIC_FIELDS)}.")
@@ -221,7 +227,7 @@ def build_card_data(
 ) -> ModelCardData:
     """YAML metadata of a Raptor card; ``card_data`` entries override the derived ones (e.g. ``license``)."""
     config = _as_config(config)
-    metrics = _check_metrics(metrics, config.num_hidden_layers)
+    metrics = _check_metrics(metrics, config.num_hidden_layers, bool(config.projection_dim))
     facts = teacher_facts(config.teacher)
     task = "image-classification" if config.num_labels else "image-feature-extraction"
     tags = ["raptor", "block-recurrent", "vision", "timm", "transformers", task]
@@ -289,6 +295,10 @@ def _fmt_percent(value: float | None) -> str:
     return NOT_MEASURED if value is None else f"{100 * float(value):.2f}%"
 
 
+def _fmt_cosine(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{float(value):.3f}"
+
+
 def _fmt_rate(value: float | None) -> str:
     return NOT_MEASURED if value is None else f"{float(value):.1f}"
 
@@ -347,7 +357,8 @@ def render_model_card(
     """
     config = _as_config(config)
     depth = config.num_hidden_layers
-    metrics = _check_metrics(metrics, depth)
+    embedding_head = bool(config.projection_dim)
+    metrics = _check_metrics(metrics, depth, embedding_head)
     data = build_card_data(config, model_name=model_name, metrics=metrics, training=training, card_data=card_data)
     facts = teacher_facts(config.teacher)
 
@@ -378,9 +389,12 @@ def render_model_card(
          _fmt_giga(raptor_flops)),
         (f"Throughput, images/s{throughput_where}", _fmt_rate(metrics.get("teacher_throughput")),
          _fmt_rate(metrics.get("raptor_throughput"))),
-        (f"Top-1 accuracy, teacher's head{on_dataset}", _fmt_percent(metrics.get("teacher_accuracy")),
-         _fmt_percent(metrics.get("raptor_accuracy"))),
-        ("Accuracy recovery (Raptor / teacher)", "-", NOT_MEASURED if recovery is None else f"{100 * recovery:.1f}%"),
+        *([("Image-embedding cosine to the teacher's (held-out images)", "-",
+            _fmt_cosine(metrics.get("embedding_cosine")))] if embedding_head else [
+            (f"Top-1 accuracy, teacher's head{on_dataset}", _fmt_percent(metrics.get("teacher_accuracy")),
+             _fmt_percent(metrics.get("raptor_accuracy"))),
+            ("Accuracy recovery (Raptor / teacher)", "-", NOT_MEASURED if recovery is None else f"{100 * recovery:.1f}%"),
+        ]),
         (f"Top-1 accuracy, retrained linear probe{on_dataset}", _fmt_percent(metrics.get("teacher_probe_accuracy")),
          _fmt_percent(metrics.get("raptor_probe_accuracy"))),
         (f"Mean per-layer {metrics.get('fidelity_metric', 'cosine similarity')}", "-",
@@ -413,7 +427,13 @@ def render_model_card(
             f"Its rank-{relax_rank} per-step adapters add {100 * overhead['relax_params_fraction_of_blocks']:.1f}% "
             f"parameters beyond the k shared blocks and {100 * overhead['relax_flops_fraction']:.2f}% FLOPs; "
             "FLOP parity with the teacher is not exact.")
-    if recovery is None:
+    if embedding_head:
+        limitations.append(
+            "Its head is the teacher's image-embedding projection, not a classifier: no accuracy applies to it, and "
+            "the image-embedding cosine above is what was measured" if metrics.get("embedding_cosine") is not None
+            else "Its head is the teacher's image-embedding projection, not a classifier; the fidelity of its "
+                 "embeddings was not measured.")
+    elif recovery is None:
         limitations.append("No accuracy was measured for these weights; expect some loss against the teacher.")
     if not training:
         limitations.append(
@@ -428,6 +448,9 @@ def render_model_card(
     meta = config.raptor_meta or {}
     files = set(files)
     head_note = f"{config.num_labels} classes" if config.num_labels else "no classifier (features)"
+    if embedding_head:
+        head_note = (f"the teacher's {config.projection_dim}-d image-embedding projection (not a classifier: "
+                     "`AutoModel` returns `image_embeds`)")
     if config.num_labels and config.global_pool == "cls_avg":
         head_note += " on concat(cls, mean patch) (2·D inputs)"
     kwargs = dict(

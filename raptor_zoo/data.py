@@ -11,10 +11,11 @@ benchmark of the project, so "held-out accuracy" always means the same 360 image
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,9 @@ __all__ = [
     "digits_mean_std",
     "load_image_dataset",
     "random_subset",
+    "subset_indices",
+    "image_files",
+    "split_names",
     "class_histogram",
     "check_class_coverage",
     "Splits",
@@ -142,7 +146,7 @@ def _is_readable_image(example: dict[str, Any], image_column: str) -> bool:
 def _drop_unreadable_images(
         dataset: datasets.Dataset | datasets.IterableDataset,
         image_column: str,
-        data_dir: Path,
+        data_dir: Path | str,
         unreadable: Literal["skip", "raise"],
 ) -> datasets.Dataset | datasets.IterableDataset:
     """``dataset`` without the images PIL cannot read (see ``load_image_dataset``)."""
@@ -173,8 +177,53 @@ def _drop_unreadable_images(
     return dataset.select(np.flatnonzero(readable))
 
 
+def image_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path] | None:
+    """The image files a list of paths, a ``.txt`` listing or a glob pattern names; None for other sources.
+
+    Raises FileNotFoundError naming the files that do not exist, or a pattern that matches nothing.
+    """
+    if isinstance(source, (list, tuple)):
+        files = [Path(item).expanduser() for item in source]
+    elif str(source).endswith(".txt") and Path(source).expanduser().is_file():
+        listing = Path(source).expanduser()
+        lines = [line.strip() for line in listing.read_text().splitlines()]
+        files = [(listing.parent / line).expanduser() for line in lines if line and not line.startswith("#")]
+    elif any(char in str(source) for char in "*?["):
+        files = sorted(Path(match) for match in glob.glob(os.path.expanduser(str(source)), recursive=True)
+                       if Path(match).is_file())
+        if not files:
+            raise FileNotFoundError(f"The pattern {str(source)!r} matches no image file.")
+    else:
+        return None
+    missing = [str(file) for file in files if not file.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed image file(s) do not exist, first: {missing[:5]}.")
+    if not files:
+        raise ValueError(f"{_describe(source)} names no image file.")
+    return files
+
+
+def _describe(source: Any) -> str:
+    """A short name of a data source for messages (a list is summarised, not printed)."""
+    if isinstance(source, (list, tuple)):
+        return f"a list of {len(source)} image files"
+    return repr(os.fspath(source))
+
+
+def split_names(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The splits a source has (``digits``: train and test; image files: train)."""
+    if image_files(source) is not None:
+        return ["train"]
+    source = os.fspath(source)
+    if source == "digits":
+        return list(DIGITS_SPLITS)
+    path = Path(source).expanduser()
+    load_args = dict(path="imagefolder", data_dir=str(path)) if path.is_dir() else dict(path=source)
+    return list(datasets.get_dataset_split_names(**load_args))
+
+
 def load_image_dataset(
-        source: str | os.PathLike,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
         split: str = "train",
         streaming: bool = False,
         image_column: str = "image",
@@ -182,25 +231,41 @@ def load_image_dataset(
         unreadable: Literal["skip", "raise"] = "skip",
         labels: bool = True,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """An image classification dataset with columns ``image`` and ``label``, from one of three sources.
+    """An image dataset with columns ``image`` and ``label``, from one of these sources.
 
     ``source`` is
       * ``"digits"``: the embedded digits split (:func:`load_digits_split`, no network);
-      * an existing directory: ``datasets.load_dataset("imagefolder", data_dir=source)`` (class = sub-folder);
+      * an existing directory: ``datasets.load_dataset("imagefolder", data_dir=source)`` (class = sub-folder; a flat
+        folder of photos, or a single sub-folder, has no labels);
+      * image files: a list of paths, a ``.txt`` file naming one image per line (relative to the file), or a glob
+        pattern such as ``"photos/*.jpg"`` (unlabelled; their only split is ``train``);
       * otherwise a Hub dataset id, through ``datasets.load_dataset(source, split=split, streaming=streaming)``.
     ``image_column`` / ``label_column`` name the source's columns; they are renamed to ``image`` / ``label``.
 
-    Unreadable images in a directory (files PIL cannot identify or verify) are **skipped** by default, with a
-    warning giving their count and the first file names (map-style: checked once up front, cached by
+    Unreadable images in a directory or a list (files PIL cannot identify or verify) are **skipped** by default,
+    with a warning giving their count and the first file names (map-style: checked once up front, cached by
     ``datasets``; streaming: checked on the fly, one warning per skipped file). ``unreadable="raise"`` raises
     ``OSError`` naming them instead.
 
     A held-out ``split`` the source lacks (``validation`` of a train/test folder) falls back, with a warning, to
-    its only held-out split; any other missing split raises ValueError naming the splits that exist.
-    ``labels=False`` accepts unlabelled images (a flat folder of photos): a missing label column reads -1.
+    its only held-out split; any other missing split raises ValueError naming the splits that exist
+    (:func:`load_splits` can split a held-out part off the training split instead).
+    ``labels=False`` accepts unlabelled images: a missing label column reads -1.
     """
     if unreadable not in ("skip", "raise"):
         raise ValueError(f"unreadable must be 'skip' or 'raise', got {unreadable!r}.")
+    files = image_files(source)
+    if files is not None:
+        if split != "train":
+            _existing_split(_describe(source), split, ["train"])
+        if labels:
+            raise ValueError(f"{_describe(source)} lists image files without labels; load it with labels=False "
+                             "(distillation and phase discovery need none) or use a folder of class sub-folders.")
+        dataset = datasets.Dataset.from_dict(
+            {"image": [str(file) for file in files], "label": [-1] * len(files)},
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+        dataset = _drop_unreadable_images(dataset, "image", _describe(source), unreadable)
+        return dataset.to_iterable_dataset() if streaming else dataset
     source = os.fspath(source)
     if source == "digits":
         dataset = load_digits_split(split)
@@ -285,18 +350,30 @@ def random_subset(
         subset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size).take(max_images)
         return subset, {"method": f"shuffle buffer of {shuffle_buffer_size}, then take", "seed": seed,
                         "count": max_images, "of": None, "class_histogram": None}
-    total = len(dataset)
-    labels = np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names \
-        else np.full(total, -1, dtype=np.int64)
-    if max_images is None or max_images >= total:
-        return dataset, {"method": "all", "seed": seed, "count": total, "of": total,
+    if max_images is None or max_images >= len(dataset):
+        labels = _labels(dataset)
+        return dataset, {"method": "all", "seed": seed, "count": len(dataset), "of": len(dataset),
                          "class_histogram": class_histogram(labels)}
+    indices, record = subset_indices(dataset, max_images, seed)
+    return dataset.select(indices.tolist()), record
+
+
+def _labels(dataset: datasets.Dataset) -> np.ndarray:
+    """The label column as int64 (-1 throughout for a dataset without one)."""
+    if "label" in dataset.column_names:
+        return np.asarray(dataset["label"], dtype=np.int64)
+    return np.full(len(dataset), -1, dtype=np.int64)
+
+
+def subset_indices(dataset: datasets.Dataset, count: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Indices of a seeded random subset of ``count`` images of a map-style dataset (stratified by label where
+    every image has one), in random order, and its record (see :func:`random_subset`)."""
+    labels = _labels(dataset)
     rng = np.random.default_rng(seed)
     labelled = bool((labels >= 0).all())
-    indices = _stratified_indices(labels, max_images, rng) if labelled else rng.permutation(total)[:max_images]
-    return dataset.select(indices.tolist()), {
-        "method": "stratified by label" if labelled else "uniform", "seed": seed, "count": max_images, "of": total,
-        "class_histogram": class_histogram(labels[indices])}
+    indices = _stratified_indices(labels, count, rng) if labelled else rng.permutation(len(labels))[:count]
+    return indices, {"method": "stratified by label" if labelled else "uniform", "seed": seed, "count": count,
+                     "of": len(labels), "class_histogram": class_histogram(labels[indices])}
 
 
 def check_class_coverage(record: dict[str, Any], num_classes: int, split: str, option: str) -> None:
@@ -333,7 +410,7 @@ def dataset_num_classes(*splits: datasets.Dataset | datasets.IterableDataset) ->
 
 
 def load_splits(
-        source: str,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
         train_split: str = "train",
         eval_split: str = "test",
         max_train_images: int | None = None,
@@ -342,24 +419,57 @@ def load_splits(
         image_column: str = "image",
         label_column: str = "label",
         streaming: bool = False,
+        labels: bool = True,
         require_all_classes: bool = True,
+        eval_fraction: float = 0.1,
 ) -> Splits:
     """Train and held-out splits of ``source`` (:func:`load_image_dataset`), each limited to a seeded random subset.
 
     A limit takes :func:`random_subset` (stratified by label), never the first images of a listing sorted by class.
     With ``require_all_classes`` a labelled subset that lacks a class of the dataset is refused
-    (:func:`check_class_coverage`), naming the option to raise.
+    (:func:`check_class_coverage`), naming the option to raise. ``labels=False`` accepts unlabelled data (labels
+    -1). A source without a held-out split (a flat folder of photos, a list of files, a Hub dataset with only
+    ``train``) gets one: a seeded random ``eval_fraction`` of the training split (at least one image, stratified
+    where labelled), left out of training; the record says so.
     """
-    columns = dict(image_column=image_column, label_column=label_column, streaming=streaming)
+    columns = dict(image_column=image_column, label_column=label_column, streaming=streaming, labels=labels)
     train = load_image_dataset(source, split=train_split, **columns)
-    held_out = load_image_dataset(source, split=eval_split, **columns)
+    available = split_names(source)
+    if eval_split in available or (eval_split in HELD_OUT_SPLITS and
+                                   sum(name in HELD_OUT_SPLITS for name in available) == 1):
+        held_out, split_off = load_image_dataset(source, split=eval_split, **columns), None
+    elif streaming:
+        raise ValueError(f"{_describe(source)} has no {eval_split!r} split (its splits: {available}); a held-out part "
+                         "cannot be split off a stream: name an existing split (--eval-split) or drop --streaming.")
+    else:
+        train, held_out, split_off = _split_off(train, eval_fraction, subset_seed)
     num_classes = None if streaming else dataset_num_classes(train, held_out)
     train, train_record = random_subset(train, max_train_images, seed=subset_seed)
     held_out, eval_record = random_subset(held_out, max_eval_images, seed=subset_seed)
+    if split_off is not None:
+        eval_record = dict(eval_record, held_out_from=split_off)
     if require_all_classes and num_classes is not None:
         check_class_coverage(train_record, num_classes, train_split, "--max-train-images")
         check_class_coverage(eval_record, num_classes, eval_split, "--max-eval-images")
     return Splits(train, held_out, num_classes, {"train": train_record, "eval": eval_record})
+
+
+def _split_off(train: datasets.Dataset, fraction: float, seed: int
+               ) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+    """(rest, held-out part, record): a seeded random ``fraction`` of ``train`` (stratified where labelled)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"eval_fraction must lie strictly between 0 and 1, got {fraction}.")
+    if len(train) < 2:
+        raise ValueError(f"{len(train)} image(s) cannot be split into training and held-out parts; add images.")
+    count = min(len(train) - 1, max(1, round(fraction * len(train))))
+    indices, _ = subset_indices(train, count, seed)
+    chosen = np.zeros(len(train), dtype=bool)
+    chosen[indices] = True
+    held_out, rest = train.select(indices.tolist()), train.select(np.flatnonzero(~chosen).tolist())
+    note = {"split": "train", "fraction": fraction, "seed": seed, "count": count, "of": len(train)}
+    _logger.warning("No held-out split: %d of the %d training images (%.0f%%, seed %d) are held out for evaluation.",
+                    count, len(train), 100 * fraction, seed)
+    return rest, held_out, note
 
 
 HELD_OUT_SPLITS = ("validation", "valid", "val", "test")

@@ -52,6 +52,11 @@ class LoadedBackbone:
         self.kind = kind
         self.teacher = teacher
 
+    @property
+    def label(self) -> str:
+        """The name to show in progress bars and tables: a local folder by its own name, not its path."""
+        return Path(self.name).name if Path(self.name).exists() else self.name
+
     def __repr__(self) -> str:
         return f"LoadedBackbone(name={self.name!r}, kind={self.kind!r}, input_size={self.data_config['input_size']})"
 

@@ -257,7 +257,10 @@ def raptor_config(
                   if key not in (*_PROVENANCE_KEYS, "phases", "block_schedule") and value is not None}
     label_names = source_cfg.get("label_names")
     labels: dict[str, Any] = {}
-    if label_names and len(label_names) == core.num_classes:
+    embedding_head = meta.get("head") == "embedding" or (hf_config is not None and hf_config.projection_dim)
+    if embedding_head:  # image embeddings, not classes: no labels, and RaptorModel returns image_embeds
+        labels = dict(projection_dim=core.num_classes)
+    elif label_names and len(label_names) == core.num_classes:
         labels = dict(id2label=dict(enumerate(label_names)))
     elif hf_config is not None and hf_config.num_labels == core.num_classes:
         labels = dict(id2label=dict(hf_config.id2label))
@@ -273,7 +276,9 @@ def raptor_config(
         architecture=architecture,
         **family_fields,
         pretrained_cfg=_timm_pretrained_cfg(core, architecture, source_cfg),
-        architectures=["RaptorForImageClassification" if core.num_classes else "RaptorModel"],
+        architectures=["RaptorForImageClassification" if core.num_classes and not embedding_head else "RaptorModel"],
+        last_hidden_state=meta.get("last_hidden_state") or (
+            hf_config.last_hidden_state if hf_config is not None else "normed"),
         teacher=meta.get("teacher"),
         teacher_revision=meta.get("teacher_revision"),
         schedule_source=meta.get("schedule_source"),

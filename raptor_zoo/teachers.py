@@ -286,6 +286,26 @@ class Teacher(nn.Module):
             raise RuntimeError(f"{type(self.model).__name__}.forward_features did not produce states {missing}.")
         return states, embed_dtype[0]
 
+    @property
+    def head_kind(self) -> str:
+        """What the teacher's head outputs: 'classifier' (class logits), 'embedding' (an image-embedding projection,
+        as CLIP's and AIMv2's ``visual_projection``: no classes) or 'none' (pooled features)."""
+        kind = getattr(self.model, "raptor_head", None)
+        if kind is not None:
+            return kind
+        if int(getattr(self.model, "num_classes", 0) or 0) == 0:
+            return "none"
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        architecture = str(cfg.get("architecture") or self.name)
+        contrastive = any(part in architecture for part in ("clip", "siglip", "_pe_", "aimv2"))
+        return "embedding" if contrastive and not cfg.get("label_names") else "classifier"
+
+    @property
+    def last_hidden_state(self) -> str:
+        """The ``last_hidden_state`` convention of the teacher's transformers class: 'normed' (final norm on every
+        token, as DINOv2 / SigLIP / AIMv2) or 'pre_norm' (the last block's output, as CLIP's vision tower)."""
+        return getattr(self.model, "raptor_last_hidden_state", "normed")
+
     def forward_head_from_state(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from state x_L: the family's finish (final norm; class attention / neck), then its head."""
         return self.model.forward_head(self.finish(x))

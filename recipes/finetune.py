@@ -194,9 +194,13 @@ def training_function(config: FinetuneConfig) -> dict:
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = len(train_loader) // config.gradient_accumulation_steps
     total_steps = steps_per_epoch * config.epochs
+    warmup_epochs = config.warmup_epochs if config.warmup_epochs < config.epochs else 0.1 * config.epochs
+    if warmup_epochs != config.warmup_epochs:
+        accelerator.print(f"note: warmup_epochs {config.warmup_epochs} is not shorter than the {config.epochs} epochs of "
+                          f"the run: warming up over {warmup_epochs:g} epochs (10%) instead.")
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine", num_epochs=config.epochs, min_lr=config.min_lr, warmup_lr=0.0,
-        warmup_epochs=config.warmup_epochs, warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+        warmup_epochs=warmup_epochs, warmup_prefix=True, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
 
     checkpoints = CheckpointManager(accelerator, output_dir, keep_last=config.keep_checkpoints)
     ema = None
@@ -301,6 +305,7 @@ def training_function(config: FinetuneConfig) -> dict:
     accelerator.print(
         (f"top-1 before {initial['top1']:.4f} -> " if initial else "top-1 ")
         + f"after {history[-1]['top1']:.4f} (top-5 {history[-1]['top5']:.4f}); saved to {output_dir}")
+    accelerator.print(checkpoints.finish())
     accelerator.end_training()
     return result
 

@@ -110,7 +110,7 @@ def probe(config: ProbeConfig, backbone: LoadedBackbone, splits: Splits, acceler
 
         def compute(loader=loader, split=split):
             with accelerator.autocast():
-                return extract_features(model, loader, accelerator, desc=f"{backbone.name} {split}")
+                return extract_features(model, loader, accelerator, desc=f"{backbone.label} {split}")
 
         path = feature_cache_path(config.cache_dir, backbone.name, config.dataset, split, backbone.data_config,
                                   subset) if config.cache_dir else None
@@ -125,7 +125,7 @@ def probe(config: ProbeConfig, backbone: LoadedBackbone, splits: Splits, acceler
         accuracy = topk_accuracy(head(eval_x), eval_y)
         train_accuracy = topk_accuracy(head(train_x), train_y, ks=(1,))["top1"]
     model.cpu()
-    return {"backbone": backbone.name, "kind": backbone.kind, **accuracy, "train_top1": train_accuracy,
+    return {"backbone": backbone.name, "label": backbone.label, "kind": backbone.kind, **accuracy, "train_top1": train_accuracy,
             "num_features": train_x.shape[1], "num_classes": num_classes, "num_train_images": len(train_y),
             "num_eval_images": len(eval_y), "input_size": list(backbone.data_config["input_size"])}
 
@@ -173,7 +173,7 @@ def linear_probe_function(config: ProbeConfig) -> dict:
                               for k in ("top1", "top5")}
         rows = [("raptor", result["raptor"]), ("teacher", result["teacher"])]
     lines = [f"{'':8} {'name':40} {'size':>9} {'top-1':>7} {'top-5':>7}"]
-    lines += [f"{role:8} {entry['backbone'][:40]:40} {'x'.join(map(str, entry['input_size'][1:])):>9} "
+    lines += [f"{role:8} {entry['label'][:40]:40} {'x'.join(map(str, entry['input_size'][1:])):>9} "
               f"{entry['top1']:7.4f} {entry['top5']:7.4f}" for role, entry in rows]
     if "recovery" in result:
         recovery = result["recovery"]

@@ -241,6 +241,7 @@ def training_function(config: TrainTeacherConfig) -> dict:
                         safe_serialization=True)
     accelerator.print(f"held-out accuracy {held_out_accuracy:.4f} (fp16 weights: {held_out_accuracy_fp16:.4f}); "
                       f"{global_step} steps in {train_time_s:.0f} s; saved to {output_dir}")
+    accelerator.print(checkpoints.finish())
     accelerator.end_training()
     return metrics
 

@@ -137,12 +137,20 @@ def run_recipe(recipe):
     (["--phase-index", "3", "--schedule", "two_stage"], ValueError, "phase_index 3 is out of range"),
     (["--dataset", "./missing_folder/"], FileNotFoundError, "No image directory"),
     (["--init-from", "/nonexistent/run"], FileNotFoundError, "model.safetensors"),
-    (["--max-train-images", "5"], ValueError, "no full batch of --batch-size 8"),
 ])
 def test_bad_input_fails_before_training(run_recipe, tmp_path, args, error, message):
     with pytest.raises(error, match=message):
         run_recipe(args + ["--output-dir", tmp_path / "out"])
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_fewer_images_than_a_batch_train_on_smaller_batches_and_say_so(run_recipe, tmp_path, capsys):
+    """A user's folder of a few photos with a GPU config's batch of 64 runs (issue 26), on batches of what is there."""
+    result = run_recipe(["--max-train-images", "5", "--output-dir", tmp_path])
+    assert "5 training images are fewer than one batch of --batch-size 8 per process: using batches of 5" in \
+        capsys.readouterr().out
+    assert result["training"]["global_batch_size"] == 5
+    assert "batch_size: 5" in (tmp_path / "args.yaml").read_text()
 
 
 def test_resume_with_another_student_shape_fails(run_recipe, tmp_path):
@@ -189,15 +197,20 @@ def test_two_stage_run_resumes_across_a_stage_boundary(run_recipe, recipe, monke
 
     monkeypatch.setattr(recipe, "TrajectoryDistillationTask", recording_task)
     two_stage = ["--schedule", "two_stage", "--block-schedule", "2", "2", "--max-steps", "2", "--eval-every", "2"]
-    full = run_recipe(two_stage + ["--output-dir", tmp_path / "full", "--checkpoint-every", "1",
-                                   "--keep-checkpoints", "6"])
+    full = run_recipe(two_stage + ["--output-dir", tmp_path / "full"])
     assert [stage["name"] for stage in full["training"]["stages"]] == ["phase_0", "phase_1", "joint"]
     assert [entry["stage"] for entry in full["history"]] == ["phase_0", "phase_1"]
     # stage 1 trains each block alone on its own segment (layers 0..2, then 2..4); stage 2 chains both over 0..4
     assert [(stage["segment"], stage["trainable"], stage["applied"]) for stage in stages] == [
         ((0, 2), {0}, {0}), ((2, 4), {1}, {1}), ((0, 4), {0, 1}, {0, 1})]
-    step = {n: load_file(str(tmp_path / "full" / "checkpoints" / f"step_{n}" / "model.safetensors"))
-            for n in range(1, 7)}
+    # the weights after every step: the checkpoints of a run stopped before its end (a finished run keeps its last)
+    every_step = two_stage + ["--output-dir", tmp_path / "steps", "--checkpoint-every", "1", "--keep-checkpoints", "6"]
+    run_recipe(every_step + ["--max-steps-this-run", "5"])
+    step = {n: load_file(str(tmp_path / "steps" / "checkpoints" / f"step_{n}" / "model.safetensors"))
+            for n in range(1, 6)}
+    run_recipe(every_step + ["--resume", "latest"])
+    assert [path.name for path in (tmp_path / "steps" / "checkpoints").iterdir()] == ["step_6"]
+    step[6] = {f"student.{key}": value for key, value in load_file(str(tmp_path / "steps" / "model.safetensors")).items()}
     assert _changed(step[1], step[2], "blocks.0.") and not _changed(step[1], step[2], "blocks.1.")  # phase_0
     assert not _changed(step[2], step[4], "blocks.0.") and _changed(step[2], step[4], "blocks.1.")  # phase_1
     assert _changed(step[4], step[6], "blocks.0.") and _changed(step[4], step[6], "blocks.1.")  # joint

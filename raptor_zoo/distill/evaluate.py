@@ -7,8 +7,10 @@ with the teacher's trajectory:
 * R² in the paper's form (method.md §5.4): ``1 − mean((x − y)²) / (mean((x − mean(x))²) + 1e−6)`` with the
   Raptor's states as ``x``, the teacher's as ``y`` and one global scalar mean, and in the standard per-feature
   form (scikit-learn's ``r2_score(teacher, raptor)``, features = the D channels, averaged uniformly);
-* accuracy: the teacher's top-1 with its own head, the Raptor's top-1 with the teacher's head (final norm +
-  head applied to the Raptor's last state), their ratio ("recovery", DESIGN.md §6) and the top-1 agreement.
+* a classifier head: the teacher's top-1 with its own head, the Raptor's top-1 with the teacher's head (final norm +
+  head applied to the Raptor's last state), their ratio ("recovery", DESIGN.md §6) and the top-1 agreement;
+* an embedding head (CLIP / AIMv2 projection: no classes): the mean cosine of the Raptor's image embeddings to the
+  teacher's (``embedding_cosine``); accuracy is never computed from an embedding.
 
 Everything is accumulated in float64 from per-image statistics, so results do not depend on the batch size, and
 are gathered with ``accelerator.gather_for_metrics`` when an accelerator is given (duplicates of an uneven last
@@ -65,8 +67,12 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     return images, labels
 
 
-def _has_classifier(teacher: nn.Module) -> bool:
-    return int(getattr(getattr(teacher, "model", teacher), "num_classes", 0) or 0) > 0
+def _head_kind(teacher: nn.Module) -> str:
+    """'classifier', 'embedding' (a projection to image embeddings: no classes) or 'none' (a Teacher says which)."""
+    kind = getattr(teacher, "head_kind", None)
+    if kind is not None:
+        return kind
+    return "classifier" if int(getattr(getattr(teacher, "model", teacher), "num_classes", 0) or 0) > 0 else "none"
 
 
 def _batch_statistics(
@@ -117,7 +123,7 @@ def evaluate_fidelity(
         raise ValueError(f"student depth {student.depth} differs from teacher depth {teacher.depth}.")
     was_training = student.training
     student.eval()
-    with_classifier = _has_classifier(teacher)
+    head_kind = _head_kind(teacher)
     totals: dict[str, torch.Tensor] = {}
     num_images = num_labelled = 0
     rows_per_image = None
@@ -134,7 +140,11 @@ def evaluate_fidelity(
                 teacher_states.shape[-2], teacher.num_prefix_tokens, teacher.num_reg_tokens, teacher.has_class_token)
             rows_per_image = teacher_states.shape[-2]
             stats = _batch_statistics(raptor_states, teacher_states, groups)
-            if with_classifier:
+            if head_kind == "embedding":
+                stats["embed_cos"] = F.cosine_similarity(
+                    teacher.forward_head_from_state(teacher_states[:, -1]).double(),
+                    teacher.forward_head_from_state(raptor_states[:, -1]).double(), dim=-1)
+            if head_kind == "classifier":
                 teacher_pred = teacher.forward_head_from_state(teacher_states[:, -1]).argmax(dim=-1)
                 raptor_pred = teacher.forward_head_from_state(raptor_states[:, -1]).argmax(dim=-1)
                 stats["agree"] = (teacher_pred == raptor_pred).double()
@@ -188,6 +198,8 @@ def evaluate_fidelity(
         "raptor_accuracy": None,
         "recovery": None,
         "agreement": float(totals["agree"] / num_images) if "agree" in totals else None,
+        "head": head_kind,
+        "embedding_cosine": float(totals["embed_cos"] / num_images) if "embed_cos" in totals else None,
         "num_labelled": num_labelled,
     }
     if num_labelled > 0:
@@ -213,6 +225,8 @@ def fidelity_summary(metrics: Mapping[str, Any]) -> str:
             parts.append(f"recovery {metrics['recovery']:.4f}")
     if metrics.get("agreement") is not None:
         parts.append(f"agreement {metrics['agreement']:.4f}")
+    if metrics.get("embedding_cosine") is not None:
+        parts.append(f"image-embedding cosine {metrics['embedding_cosine']:.4f}")
     return ", ".join(parts)
 
 

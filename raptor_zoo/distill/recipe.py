@@ -38,7 +38,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raptor_zoo.data import TransformedDataset, build_transform, create_loader, load_image_dataset, random_subset
+from raptor_zoo.data import TransformedDataset, build_transform, create_loader, load_splits, random_subset
 from raptor_zoo.distill import (
     PAPER_JOINT_TOKEN_WEIGHTS,
     PAPER_PHASE_TOKEN_WEIGHTS,
@@ -65,6 +65,7 @@ from raptor_zoo.training import (
     command_line,
     epoch_dataloader,
     parse_config,
+    save_run_config,
     start_run,
 )
 
@@ -91,9 +92,13 @@ class DistillConfig:
         "group": "Teacher", "help": "fp32 targets, or the teacher under bf16 autocast (targets cast to fp32)"})
     # data
     dataset: str = field(default="digits", metadata={
-        "group": "Data", "help": "'digits', an imagefolder directory or a Hub dataset id"})
+        "group": "Data", "help": "'digits', a folder of images (class sub-folders or flat, labels optional), a .txt "
+                                 "file listing image paths, a glob pattern or a Hub dataset id"})
     train_split: str = field(default="train", metadata={"group": "Data", "help": "split to distil on"})
     eval_split: str = field(default="test", metadata={"group": "Data", "help": "held-out split to evaluate on"})
+    eval_fraction: float = field(default=0.1, metadata={
+        "group": "Data", "help": "data without a held-out split: this seeded random fraction of the training images "
+                                 "is held out for evaluation"})
     streaming: bool = field(default=False, metadata={"group": "Data", "help": "stream the dataset (datasets)"})
     image_column: str = field(default="image", metadata={"group": "Data", "help": "image column of the dataset"})
     label_column: str = field(default="label", metadata={"group": "Data", "help": "label column of the dataset"})
@@ -125,6 +130,9 @@ class DistillConfig:
         "group": "Student", "help": "number of unique blocks (ignored when block_schedule is given)"})
     block_schedule: Optional[tuple[int, ...]] = field(default=None, metadata={
         "group": "Student", "help": "explicit repeat counts summing to the teacher depth, e.g. 7 5; none = from phases"})
+    block_schedule_teacher: Optional[str] = field(default=None, metadata={
+        "group": "Student", "help": "the teacher block_schedule was measured on; with another --teacher the run "
+                                    "discovers that teacher's phases instead (none = the schedule applies to any)"})
     phases: Literal["auto", "even", "paper"] = field(default="auto", metadata={
         "group": "Student", "help": "schedule without block_schedule: auto = phase discovery on phase_images "
                                     "training images; even split; paper = DINOv2-B boundaries scaled"})
@@ -272,20 +280,21 @@ class SyntheticImages(Dataset):
 def load_datasets(config: DistillConfig, num_processes: int = 1):
     """(train, eval, subsets): image datasets limited to seeded random subsets, and the records of what was taken.
 
-    ``--max-train-images`` and ``--eval-max-batches`` (that many batches per process) take stratified random subsets
+    Labels are optional (distillation needs none; accuracy is reported where the data has them). A source without
+    a held-out split gets one split off its training images (``--eval-fraction``). ``--max-train-images`` and
+    ``--eval-max-batches`` (that many batches per process) take stratified random subsets
     (:func:`raptor_zoo.data.random_subset`), never the first images of a folder sorted by class. Synthetic data gives
     ``(None, None, {})`` (its size comes from the teacher).
     """
     if config.synthetic_data:
         return None, None, {}
-    columns = dict(image_column=config.image_column, label_column=config.label_column)
-    train_set = load_image_dataset(config.dataset, split=config.train_split, streaming=config.streaming, **columns)
-    eval_set = load_image_dataset(config.dataset, split=config.eval_split, streaming=config.streaming, **columns)
-    train_set, train_record = random_subset(train_set, config.max_train_images, seed=config.subset_seed)
     max_eval_images = None if config.eval_max_batches is None \
         else config.eval_max_batches * (config.eval_batch_size or config.batch_size) * num_processes
-    eval_set, eval_record = random_subset(eval_set, max_eval_images, seed=config.subset_seed)
-    return train_set, eval_set, {"train": train_record, "eval": eval_record}
+    splits = load_splits(
+        config.dataset, config.train_split, config.eval_split, config.max_train_images, max_eval_images,
+        subset_seed=config.subset_seed, image_column=config.image_column, label_column=config.label_column,
+        streaming=config.streaming, labels=False, require_all_classes=False, eval_fraction=config.eval_fraction)
+    return splits.train, splits.eval, splits.subsets
 
 
 def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dict) -> tuple[DataLoader, DataLoader]:
@@ -305,6 +314,17 @@ def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dic
                                  num_workers=config.num_workers, transform=train_transform)
     eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers)
     return train_loader, eval_loader
+
+
+def schedule_applies(config: DistillConfig) -> bool:
+    """Whether the config's block_schedule was measured on its teacher (or says nothing of where it came from)."""
+    return config.block_schedule_teacher is None or config.block_schedule_teacher == config.teacher
+
+
+def stage_warmup_steps(warmup_steps: int, stage_steps: int) -> int:
+    """``warmup_steps``, or 10% of the stage when the warmup would last the whole stage (the learning rate would
+    never reach its peak: a GPU recipe's 10,000 warmup steps in a 20-step run)."""
+    return warmup_steps if warmup_steps < stage_steps else int(0.1 * stage_steps)
 
 
 def cached_train_loader(config: DistillConfig, teacher, train_set, subsets: dict, accelerator: Accelerator
@@ -342,10 +362,15 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
                            accelerator: Accelerator, resumed_state: Optional[dict]):
     """(block_schedule, PhaseResult or None): explicit > the resumed checkpoint's > discovered / even / paper."""
     depth = teacher.depth
-    if config.block_schedule is not None:
+    if config.block_schedule is not None and not schedule_applies(config):
+        accelerator.print(f"note: block_schedule {list(config.block_schedule)} was measured on "
+                          f"{config.block_schedule_teacher}, not on {teacher.name}: discovering this teacher's phases "
+                          f"for k = {len(config.block_schedule)} instead (--phases {config.phases}).")
+    elif config.block_schedule is not None:
         return validate_block_schedule(config.block_schedule, depth), None
-    if not 1 <= config.k <= depth:
-        raise ValueError(f"--k {config.k} is out of range for teacher {teacher.name!r} of depth {depth}; "
+    k = len(config.block_schedule) if config.block_schedule is not None else config.k
+    if not 1 <= k <= depth:
+        raise ValueError(f"--k {k} is out of range for teacher {teacher.name!r} of depth {depth}; "
                          f"use 1 <= k <= {depth}.")
     if resumed_state is not None:
         schedule = tuple(resumed_state["block_schedule"])
@@ -353,9 +378,9 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
         phases = PhaseResult.load(saved_phases) if config.phases == "auto" and saved_phases.is_file() else None
         return schedule, phases if phases is not None and tuple(phases.block_schedule) == schedule else None
     if config.phases == "even":
-        return even_block_schedule(depth, config.k), None
+        return even_block_schedule(depth, k), None
     if config.phases == "paper":
-        return scaled_paper_schedule(depth, config.k), None
+        return scaled_paper_schedule(depth, k), None
     result = [None]
     if accelerator.is_main_process:
         images = phase_discovery_images(train_loader.dataset if config.synthetic_data else train_set,
@@ -363,7 +388,7 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
         if len(images) < config.phase_images:
             accelerator.print(f"Phase discovery on all {len(images)} training images (--phase-images "
                               f"{config.phase_images} asked for more).")
-        result = [discover(teacher, images.to(accelerator.device), k=config.k, metric=config.phase_metric,
+        result = [discover(teacher, images.to(accelerator.device), k=k, metric=config.phase_metric,
                            algorithm=config.phase_algorithm).to_dict()]
     broadcast_object_list(result)
     phases = PhaseResult.from_dict(result[0])
@@ -439,6 +464,8 @@ def card_metrics(config: DistillConfig, metrics: dict) -> dict:
     """The measured numbers in the model card's terms (raptor_zoo.cards.METRIC_FIELDS)."""
     card = {"num_eval_images": metrics["num_images"], "fidelity": metrics["cosine"]["all"][1:],
             "fidelity_metric": "cosine similarity to the teacher's states (all tokens)"}
+    if metrics.get("embedding_cosine") is not None:
+        card["embedding_cosine"] = metrics["embedding_cosine"]
     if metrics["raptor_accuracy"] is not None:
         if config.dataset == "digits":
             name, dataset_type = "scikit-learn digits (raptor_zoo held-out split)", "sklearn-digits"
@@ -456,6 +483,14 @@ def training_function(config: DistillConfig) -> dict:
 
     # data (a missing data directory fails here, first), teacher, loaders at the teacher's data_config
     train_set, eval_set, subsets = load_datasets(config, accelerator.num_processes)
+    if train_set is not None and not config.streaming and len(train_set) < config.batch_size * accelerator.num_processes:
+        if len(train_set) < accelerator.num_processes:
+            raise ValueError(f"{len(train_set)} training image(s) cannot feed {accelerator.num_processes} processes; "
+                             "use more images or fewer processes.")
+        accelerator.print(f"note: {len(train_set)} training images are fewer than one batch of --batch-size "
+                          f"{config.batch_size} per process: using batches of {len(train_set) // accelerator.num_processes}.")
+        config.batch_size = len(train_set) // accelerator.num_processes
+        save_run_config(accelerator, config)
     teacher = load_teacher(config.teacher, pretrained=config.teacher_pretrained, img_size=config.teacher_img_size,
                            **config.teacher_kwargs)
     train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher.data_config)
@@ -465,10 +500,6 @@ def training_function(config: DistillConfig) -> dict:
         train_loader, cache = cached_train_loader(config, teacher, train_set, subsets, accelerator)
         accelerator.print(f"Teacher trajectories of {len(cache)} training images cached in {cache.folder} "
                           f"({cache.meta['dtype']}, {cache.bytes_per_image / 2 ** 20:.2f} MiB per image).")
-    if not config.streaming and len(train_loader) < accelerator.num_processes:
-        raise ValueError(
-            f"{len(train_loader.dataset)} training images give no full batch of --batch-size {config.batch_size} for "
-            f"each of {accelerator.num_processes} process(es); lower --batch-size or use more images.")
 
     # resume: the checkpoint's run state is read before anything is built from the config
     checkpoints = CheckpointManager(accelerator, output_dir, keep_last=config.keep_checkpoints)
@@ -557,9 +588,14 @@ def training_function(config: DistillConfig) -> dict:
             train_adapters_only=config.train_adapters_only, **stage.task_kwargs())
         trainable = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        warmup_steps = stage_warmup_steps(config.warmup_steps, stage.max_steps)
+        if warmup_steps != config.warmup_steps:
+            accelerator.print(f"note: warmup_steps {config.warmup_steps} is not shorter than the {stage.max_steps} "
+                              f"steps of {stage.name}: warming up over {warmup_steps} steps (10%) instead, so the "
+                              "learning rate reaches its peak.")
         scheduler = CosineLRScheduler(
-            optimizer, t_initial=max(stage.max_steps - config.warmup_steps, 1), lr_min=config.min_lr,
-            warmup_t=config.warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+            optimizer, t_initial=max(stage.max_steps - warmup_steps, 1), lr_min=config.min_lr,
+            warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
         task, optimizer, stage_train_loader, stage_eval_loader = accelerator.prepare(
             task, optimizer, train_loader, eval_loader)
 
@@ -665,6 +701,7 @@ def training_function(config: DistillConfig) -> dict:
         plot_fidelity(metrics, output_dir / "fidelity.png")
         save_pretrained(evaluated_model(), output_dir, phases=phases, metrics=card_metrics(config, metrics),
                         training=training, plots={"fidelity.png": output_dir / "fidelity.png"})
+    accelerator.print(checkpoints.finish())
     mean_cosine = metrics["mean_cosine"]["all"]
     accelerator.print(
         f"done: {global_step} steps in {train_time_s:.0f} s ({train_time_s / max(global_step, 1):.3f} s/step); "

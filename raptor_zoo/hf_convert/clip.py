@@ -415,6 +415,8 @@ def convert_hf_clip(hf_model: nn.Module) -> VisionTransformer:
         _linear_head(model, classifier)
     elif isinstance(projection, nn.Linear):
         _linear_head(model, projection)
+        model.raptor_head = "embedding"
+    model.raptor_last_hidden_state = "pre_norm"  # CLIPVisionModel norms the pooled token only
     return _finish(model, tower)
 
 
@@ -479,6 +481,7 @@ def convert_hf_aimv2(hf_model: nn.Module) -> VisionTransformer:
     projection = getattr(hf_model, "visual_projection", None)
     if config.use_head and isinstance(projection, nn.Linear):
         _linear_head(model, projection)
+        model.raptor_head = "embedding"
     _record_timm_architecture(model, "aimv2", args, config)
     return _finish(model, tower)
 

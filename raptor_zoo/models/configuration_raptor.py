@@ -69,6 +69,12 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         apply_layernorm (`bool`, defaults to `True`): backbone feature maps pass through the final norm.
         reshape_hidden_states (`bool`, defaults to `True`): backbone feature maps as (B, C, H/p, W/p).
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal init of linear layers.
+        projection_dim (`int`, *optional*): width of an image-embedding projection head (a CLIP / AIMv2
+            ``visual_projection``). A Raptor with one is an embedding model, as its teacher: ``RaptorModel`` returns
+            ``image_embeds``, and it has no labels (``num_labels`` 0).
+        last_hidden_state (`str`, defaults to "normed"): what ``RaptorModel`` returns as ``last_hidden_state``, the
+            convention of the teacher's transformers class: "normed" (the final norm applied to every token, as
+            DINOv2, SigLIP and AIMv2) or "pre_norm" (the last block's output, as CLIP's vision tower).
         teacher, teacher_revision, schedule_source, phase_metric, phase_boundaries, raptor_meta: provenance.
         out_features / out_indices: backbone stages among ``stem``, ``stage1`` .. ``stageL``.
 
@@ -103,6 +109,8 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True
     initializer_range: float = 0.02
+    projection_dim: int | None = None
+    last_hidden_state: str = "normed"
     teacher: str | None = None
     teacher_revision: str | None = None
     schedule_source: str | None = None
@@ -123,7 +131,9 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
                     f"they describe the same setting, pass one of them (or equal values).")
             value = given if given is not None else in_args if in_args is not None else default
             setattr(self, field_name, list(value) if isinstance(value, tuple) else value)
-        if "num_labels" not in kwargs and self.id2label is None and extra_args.get("num_classes") is not None:
+        if self.projection_dim:  # an embedding head: its outputs are not classes
+            kwargs["num_labels"] = 0
+        elif "num_labels" not in kwargs and self.id2label is None and extra_args.get("num_classes") is not None:
             kwargs["num_labels"] = extra_args["num_classes"]
         extra_args.pop("num_classes", None)
         extra_args.pop("depth", None)  # implied by block_schedule
@@ -151,6 +161,8 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"global_pool must be one of {_GLOBAL_POOLS}, got {self.global_pool!r}.")
         if self.block_type not in ("teacher", "swiglu"):
             raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {self.block_type!r}.")
+        if self.last_hidden_state not in ("normed", "pre_norm"):
+            raise ValueError(f"last_hidden_state must be 'normed' or 'pre_norm', got {self.last_hidden_state!r}.")
 
     @property
     def num_hidden_layers(self) -> int:
@@ -163,12 +175,17 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         return len(self.block_schedule)
 
     @property
+    def head_width(self) -> int:
+        """Outputs of the timm head this config describes: the embedding projection's width, else the classes."""
+        return self.projection_dim or self.num_labels
+
+    @property
     def relax_rank(self) -> int:
         """Rank of the per-step low-rank adapters (relaxation); 0 for a pure Raptor."""
         return int((self.model_args or {}).get("relax_rank", 0) or 0)
 
     def timm_model_args(self, num_classes: int | None = None) -> dict[str, Any]:
-        """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``num_labels``).
+        """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``head_width``).
 
         A Raptor of another family (model_args with ``teacher_arch``) gets its ``create_raptor`` arguments: its
         own model_args with the schedule and drop path mirrored back.
@@ -176,12 +193,12 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         args = dict(self.model_args or {})
         if "teacher_arch" in args:
             args.update(block_schedule=list(self.block_schedule), drop_path_rate=self.drop_path_rate,
-                        num_classes=self.num_labels if num_classes is None else num_classes)
+                        num_classes=self.head_width if num_classes is None else num_classes)
             return args
         for field_name, (arg_name, _) in MIRRORED_MODEL_ARGS.items():
             value = getattr(self, field_name)
             args[arg_name] = list(value) if isinstance(value, tuple) else value
-        args["num_classes"] = self.num_labels if num_classes is None else num_classes
+        args["num_classes"] = self.head_width if num_classes is None else num_classes
         return args
 
     def _timm_pretrained_cfg(self, num_classes: int) -> dict[str, Any]:
@@ -215,14 +232,14 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         """transformers keys plus timm's (architecture, num_classes, num_features, global_pool, model_args,
         pretrained_cfg, label_names), so that one config.json serves both libraries."""
         output = super().to_dict()
-        num_classes = output.pop("_saved_num_classes", self.num_labels)
+        num_classes = output.pop("_saved_num_classes", self.head_width)
         output["num_classes"] = num_classes
         output["num_features"] = self.hidden_size
         output["model_args"] = self.timm_model_args(num_classes=num_classes)
         output["pretrained_cfg"] = self._timm_pretrained_cfg(num_classes)
         id2label = output.pop("id2label", None) or {}
         label2id = output.pop("label2id", None)
-        if num_classes != self.num_labels:
+        if num_classes != self.head_width:
             # a headless save of a labelled config: timm reads no head, transformers keeps the labels, so a
             # classifier loaded from the folder builds (and reports as missing) a head of that size
             output.update(num_labels=self.num_labels, id2label=id2label, label2id=label2id)

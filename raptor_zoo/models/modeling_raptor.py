@@ -27,6 +27,7 @@ Gradient checkpointing follows transformers: each unrolled step runs through ``R
 ``{"use_reentrant": True}``) and the checkpoint function transformers passes in are what checkpoint each step.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import PrefixChange
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import ModelOutput
 
 from .attention_maps import attention_probs
 from .configuration_raptor import RaptorConfig
@@ -55,6 +57,7 @@ __all__ = [
     "RaptorPreTrainedModel",
     "RaptorStep",
     "RaptorModel",
+    "RaptorEmbeddingOutput",
     "RaptorForImageClassification",
     "RaptorBackbone",
     "register_raptor_auto_classes",
@@ -103,10 +106,10 @@ class RaptorPreTrainedModel(PreTrainedModel):
     model_tags = ["raptor", "timm"]
     accepts_loss_kwargs = False
 
-    def _build_raptor(self) -> RaptorMixin:
-        """The headless timm core (the classifier head, when there is one, is the head class's own module): a
-        RaptorVisionTransformer, or the Raptor of another family (model_args with ``teacher_arch``)."""
-        core = raptor_from_model_args(self.config.timm_model_args(num_classes=0))
+    def _build_raptor(self, num_classes: int = 0) -> RaptorMixin:
+        """The timm core, headless unless ``num_classes`` (a classifier head, when there is one, is the head class's
+        own module): a RaptorVisionTransformer, or the Raptor of another family (model_args with ``teacher_arch``)."""
+        core = raptor_from_model_args(self.config.timm_model_args(num_classes=num_classes))
         for module in core.modules():
             if isinstance(module, DepthScale):
                 # zero last layer: a fresh Raptor block is exactly its init block (marked on the Linear itself,
@@ -218,17 +221,35 @@ class RaptorPreTrainedModel(PreTrainedModel):
                 config.return_dict if return_dict is None else return_dict)
 
 
+@dataclass
+class RaptorEmbeddingOutput(ModelOutput):
+    """Output of a Raptor whose head is an image-embedding projection (``config.projection_dim``), laid out as
+    transformers' ``CLIPVisionModelOutput``: ``image_embeds`` first (what the ``image-feature-extraction`` pipeline
+    returns), then the token states, the pooled pre-projection features and the optional trajectory / attentions."""
+
+    image_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
 class RaptorModel(RaptorPreTrainedModel):
-    """Bare Raptor: normed token states and pooled cls token, no classifier."""
+    """Bare Raptor: token states and the pooled features; with an embedding projection (``config.projection_dim``,
+    a CLIP / AIMv2 teacher's) also ``image_embeds``, as the teacher's ``*WithProjection`` class. No classifier."""
 
     # a classifier folder's timm head (timm key head.*), skipped when a base model loads it
     _keys_to_ignore_on_load_unexpected = [r"^raptor\.head\."]
 
     def __init__(self, config: RaptorConfig) -> None:
         super().__init__(config)
-        self.raptor = self._build_raptor()
+        self.raptor = self._build_raptor(num_classes=config.projection_dim or 0)
         self.step = RaptorStep()
         self.post_init()
+
+    @property
+    def num_saved_classes(self) -> int:
+        return self.config.projection_dim or 0
 
     def forward(
             self,
@@ -255,6 +276,14 @@ class RaptorModel(RaptorPreTrainedModel):
             pooled_output = sequence_output[:, 0]
         else:
             pooled_output = sequence_output[:, core.num_prefix_tokens:].mean(dim=1)
+        image_embeds = core.forward_head(sequence_output) if self.config.projection_dim else None
+        if self.config.last_hidden_state == "pre_norm":
+            sequence_output = last
+        if image_embeds is not None:
+            output = RaptorEmbeddingOutput(
+                image_embeds=image_embeds, last_hidden_state=sequence_output, pooler_output=pooled_output,
+                hidden_states=hidden_states, attentions=attentions)
+            return output if return_dict else output.to_tuple()
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output,
@@ -265,6 +294,10 @@ class RaptorForImageClassification(RaptorPreTrainedModel):
     """A ``RaptorModel`` with timm's classifier on top; pooling is ``config.global_pool`` (token, avg or cls_avg)."""
 
     def __init__(self, config: RaptorConfig) -> None:
+        if config.projection_dim:
+            raise ValueError(
+                f"This Raptor's head is a {config.projection_dim}-d image-embedding projection (its teacher's), not a "
+                "classifier: load it with AutoModel (image_embeds) or pipeline('image-feature-extraction').")
         super().__init__(config)
         self.num_labels = config.num_labels
         self.raptor = RaptorModel(config)

@@ -401,7 +401,8 @@ def raptor_from_teacher(
     model.raptor_meta = dict(
         meta, teacher=teacher.name, teacher_revision=teacher.revision, teacher_source=teacher.source,
         teacher_depth=teacher.depth, init=init, block_schedule=list(schedule),
-        phase_boundaries=list(model.phase_boundaries))
+        phase_boundaries=list(model.phase_boundaries), head=teacher.head_kind,
+        last_hidden_state=teacher.last_hidden_state)
     if relax_rank:
         model.raptor_meta.update(relax_rank=relax_rank, relax_init=relax_init, relax_targets=list(relax_targets))
     return model
