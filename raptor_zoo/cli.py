@@ -65,7 +65,8 @@ def phases_command(args: argparse.Namespace) -> int:
                          f'use 1 <= k <= {teacher.depth}.')
     dataset = load_image_dataset(args.data, split=args.split, labels=False)  # photos need no class folders
     dataset, subset = random_subset(dataset, args.num_images, seed=args.seed)
-    loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False)
+    loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False,
+                           transform=teacher.eval_transform)
     result = discover(
         teacher, (images.to(args.device) for images, _ in loader), k=args.k, metric=args.metric,
         algorithm=args.algorithm, max_k=args.max_k, tokens=args.tokens, batch_size=args.batch_size)

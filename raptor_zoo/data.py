@@ -44,6 +44,7 @@ __all__ = [
     "load_splits",
     "build_transform",
     "create_loader",
+    "ProcessorTransform",
     "TransformedDataset",
     "TransformedIterableDataset",
 ]
@@ -540,6 +541,20 @@ def build_transform(
         interpolation=transforms.InterpolationMode.BILINEAR,
     )
     return transforms.Compose(steps[:to_tensor_index] + [affine] + steps[to_tensor_index:])
+
+
+class ProcessorTransform:
+    """PIL image -> normalised [C, H, W] tensor through a transformers image processor: the teacher's own
+    preprocessing, pixel for pixel (resize, crop, rescale, normalise as its pipeline runs them)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"ProcessorTransform({type(self.processor).__name__})"
 
 
 class TransformedDataset(torch.utils.data.Dataset):

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import ProcessorTransform, build_transform
 from .models.raptor_vit import cls_avg_pool
 
 __all__ = [
@@ -45,12 +46,23 @@ class LoadedBackbone:
     """A frozen feature extractor: ``model`` (a timm ViT: a Raptor or a teacher's model), its data_config, name."""
 
     def __init__(self, model: nn.Module, data_config: dict[str, Any], name: str, kind: str,
-                 teacher: Optional[str] = None):
+                 teacher: Optional[str] = None, image_processor: Any = None):
         self.model = model.eval().requires_grad_(False)
+        self.image_processor = image_processor if image_processor is not None \
+            else getattr(model, "image_processor", None)
         self.data_config = dict(data_config, input_size=tuple(data_config["input_size"]))
         self.name = name
         self.kind = kind
         self.teacher = teacher
+
+    @property
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised tensor as the backbone's own preprocessing: its transformers image processor when
+        it carries one (a transformers teacher's, or a Raptor saved with its teacher's), else timm's eval
+        transform of the data config."""
+        if self.image_processor is not None:
+            return ProcessorTransform(self.image_processor)
+        return build_transform(self.data_config, is_training=False)
 
     @property
     def label(self) -> str:
@@ -133,7 +145,8 @@ def load_backbone(
         teacher = model.raptor_meta.get("teacher") or teacher_of(source)
         return LoadedBackbone(model, resolve_data_config({}, model=model), source, "raptor", teacher=teacher)
     teacher = load_teacher(source, pretrained=pretrained, img_size=img_size, **kwargs)
-    return LoadedBackbone(teacher.model, teacher.data_config, teacher.name, "teacher")
+    return LoadedBackbone(teacher.model, teacher.data_config, teacher.name, "teacher",
+                          image_processor=teacher.image_processor)
 
 
 # ------------------------------------------------------------------------------------------ features

@@ -7,8 +7,9 @@ A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
                        teacher id and revision, block_schedule, phase_boundaries, phase_metric, schedule_source
     model.safetensors  RaptorVisionTransformer.state_dict() in timm's key layout, each unique block once
     README.md          the model card (raptor_zoo.cards)
-    preprocessor_config.json  the timm data config (resize, crop_pct, crop_mode, mean/std, interpolation) for
-                       transformers' AutoImageProcessor and pipelines (``RaptorImageProcessor``)
+    preprocessor_config.json  the teacher's own transformers image processor (a transformers teacher's, e.g.
+                       CLIPImageProcessor: pipelines then prepare images exactly as the teacher's), else the timm
+                       data config (resize, crop_pct, crop_mode, mean/std, interpolation) as ``RaptorImageProcessor``
     phases.json, phase_heatmap.png, other plots (optional)
 
 The same folder loads in three libraries: ``raptor_zoo.from_pretrained(folder | repo id | zoo name)``,
@@ -289,10 +290,15 @@ def raptor_config(
     )
 
 
-def image_processor(config: RaptorConfig) -> RaptorImageProcessor:
+def image_processor(config: RaptorConfig, teacher_processor: Any = None) -> RaptorImageProcessor:
     """The transformers image processor (preprocessor_config.json) of a folder: timm's eval transform of the data
-    config that config.json's pretrained_cfg resolves to."""
-    return RaptorImageProcessor.from_pretrained_cfg(config.pretrained_cfg or {})
+    config that config.json's pretrained_cfg resolves to, running ``teacher_processor`` (the teacher's own
+    transformers processor, when it had one) instead."""
+    processor = RaptorImageProcessor.from_pretrained_cfg(config.pretrained_cfg or {})
+    if teacher_processor is None:
+        return processor
+    return RaptorImageProcessor.wrapping(getattr(teacher_processor, "teacher", lambda: None)() or teacher_processor,
+                                         processor.data_config)
 
 
 def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
@@ -392,7 +398,7 @@ def save_pretrained(
     _write_atomic(folder / WEIGHTS_NAME,
                   lambda path: safetensors.torch.save_file(state, str(path), metadata={"format": "pt"}))
     _write_atomic(folder / CONFIG_NAME, lambda path: config.to_json_file(path))
-    _write_atomic(folder / PROCESSOR_NAME, image_processor(config).to_json_file)
+    _write_atomic(folder / PROCESSOR_NAME, image_processor(config, getattr(core, "image_processor", None)).to_json_file)
     if phase_dict is not None:
         from .phases import PhaseResult
 
@@ -515,6 +521,11 @@ def _download(
     if paths[0].parent != paths[1].parent:
         raise FileNotFoundError(f"{CONFIG_NAME} and {WEIGHTS_NAME} of the {where} come from different snapshots "
                                 f"({paths[0].parent}, {paths[1].parent}); pass an explicit revision.")
+    try:  # the image processor, when the folder has one (older folders may not)
+        hf_hub_download(repo_id, PROCESSOR_NAME, revision=revision, token=token, cache_dir=cache_dir,
+                        library_name="raptor_zoo", library_version=_library_version())
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        pass
     return paths[0].parent
 
 
@@ -621,7 +632,17 @@ def load_pretrained(
                         "raptor_zoo.hub.save_pretrained, or pass strict=False to load the matching tensors.")
     model.load_state_dict({key: value for key, value in state.items() if key in expected}, strict=False)
     model.raptor_meta = _provenance(config)
+    model.image_processor = teacher_image_processor(folder)
     return model.eval()
+
+
+def teacher_image_processor(folder: Path) -> Any:
+    """The teacher's own transformers image processor a folder carries (a Raptor of a transformers teacher is saved
+    with it, so pipelines prepare images exactly as the teacher's did), or None."""
+    path = folder / PROCESSOR_NAME
+    if not path.is_file():
+        return None
+    return RaptorImageProcessor.from_json_file(path).teacher()
 
 
 def _check_folder(folder: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config
 from torch import nn
 
+from .data import ProcessorTransform, build_transform
 from .hf_convert import HF_CONVERTERS, describe_for_timm, hf_converter, hf_model_class, hf_model_type, is_hf_teacher
 from .hf_convert.vit import (
     DINOV2_IMG_SIZE,
@@ -125,6 +127,7 @@ class Teacher(nn.Module):
             revision: str | None = None,
             img_size: int | tuple[int, int] | None = None,
             data_config: Mapping[str, Any] | None = None,
+            image_processor: Any = None,
     ) -> None:
         """Wrap ``model`` (validated: a timm ViT of a family in ``raptor_zoo.models.families``).
 
@@ -138,6 +141,8 @@ class Teacher(nn.Module):
                 needs a model built with ``dynamic_img_size=True``.
             data_config: timm-style preprocessing dict; defaults to ``timm.data.resolve_data_config``
                 (the DINOv2 protocol for DINOv2 models) at ``img_size``.
+            image_processor: the teacher's own transformers image processor (a transformers teacher saved with
+                one); :attr:`eval_transform` then runs it, pixel for pixel.
         """
         super().__init__()
         _check_timm_vit(model)
@@ -172,6 +177,15 @@ class Teacher(nn.Module):
         if data_config is None:
             data_config = self._default_data_config()
         self.data_config = dict(data_config)
+        self.image_processor = image_processor
+
+    @property
+    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised [C, H, W] tensor, without augmentation: the teacher's own transformers image
+        processor when it came with one (exactly its preprocessing), else timm's eval transform of data_config."""
+        if self.image_processor is not None:
+            return ProcessorTransform(self.image_processor)
+        return build_transform(self.data_config, is_training=False)
 
     def _default_data_config(self) -> dict[str, Any]:
         in_chans = in_chans_of(self.model)
@@ -365,9 +379,11 @@ def _teacher_from_hf_module(
         revision: str | None,
         img_size: int | None,
         processor_config: Mapping[str, Any] | None = None,
+        image_processor: Any = None,
 ) -> Teacher:
     """A transformers model converted by its family's converter (hf_convert), run at ``img_size``, with the
-    ``data_config`` of its ``preprocessor_config.json`` when given, else of the family's processor defaults."""
+    ``data_config`` of its ``preprocessor_config.json`` when given, else of the family's processor defaults, and
+    its own ``image_processor`` (kept when it gives images of the run size)."""
     config = hf_model.config
     converter = hf_converter(hf_model_type(hf_model))
     model = converter.convert(hf_model)
@@ -386,6 +402,12 @@ def _teacher_from_hf_module(
         data_config = data_config_from_processor(processor_config, run_size, in_chans=in_chans_of(model))
     else:
         data_config = converter.data_config(config, run_size)
+    if image_processor is not None and not _processor_gives(image_processor, (in_chans_of(model), *run_size)):
+        warnings.warn(
+            f"{name}: its image processor ({type(image_processor).__name__}) does not give {run_size[0]}x{run_size[1]} "
+            f"images (the size the teacher runs at); images are prepared by timm's transform of the same settings "
+            "instead, which can differ from the processor by resampling details.", stacklevel=3)
+        image_processor = None
     return Teacher(
         model,
         name=name,
@@ -393,7 +415,19 @@ def _teacher_from_hf_module(
         revision=getattr(config, "_commit_hash", None) or revision,
         img_size=run_size,
         data_config=data_config,
+        image_processor=image_processor,
     )
+
+
+def _processor_gives(processor: Any, shape: tuple[int, ...]) -> bool:
+    """Whether a transformers image processor turns a non-square image into one ``[C, H, W]`` tensor of ``shape``."""
+    from PIL import Image
+
+    try:
+        pixel_values = processor(images=Image.new("RGB", (97, 61)), return_tensors="pt")["pixel_values"]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return isinstance(pixel_values, torch.Tensor) and tuple(pixel_values.shape) == (1, *shape)
 
 
 # PIL resampling filters (the ``resample`` of a preprocessor_config.json) -> timm interpolation names
@@ -622,14 +656,23 @@ def _load_hf_teacher(
     else:
         hf_model = model_cls.from_config(config, **kwargs) if hasattr(model_cls, "from_config") \
             else model_cls._from_config(config, **kwargs)
+    processor_config = _read_processor_config(location, is_folder=is_folder, revision=revision)
     return _teacher_from_hf_module(
         hf_model.eval(),
         name=location,
         source="hf",
         revision=revision,
         img_size=img_size,
-        processor_config=_read_processor_config(location, is_folder=is_folder, revision=revision),
+        processor_config=processor_config,
+        image_processor=_load_image_processor(location, revision) if processor_config is not None else None,
     )
+
+
+def _load_image_processor(location: str, revision: str | None) -> Any:
+    """The transformers image processor of a folder or Hub repo, as its pipeline would load it."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(location, revision=revision)
 
 
 def _load_from_string(

@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 import torch
 from accelerate import Accelerator
 
-from raptor_zoo.data import Splits, build_transform, create_loader, load_splits
+from raptor_zoo.data import Splits, create_loader, load_splits
 from raptor_zoo.downstream import (
     LoadedBackbone,
     backbone_kind,
@@ -93,13 +93,16 @@ def at_image_size(backbone: LoadedBackbone, img_size: int) -> LoadedBackbone:
         raise ValueError(f"Raptor {backbone.name!r} runs at fixed size {native[0]}x{native[1]}; --img-size {img_size} "
                          f"needs a Raptor built with dynamic_img_size=True. Drop --img-size to probe at {native[0]}.")
     channels = backbone.data_config["input_size"][0]
+    if size != native and backbone.image_processor is not None:
+        raise ValueError(f"Raptor {backbone.name!r} prepares images with its teacher's image processor at "
+                         f"{native[0]}x{native[1]}; --img-size {img_size} would bypass it. Drop --img-size.")
     return LoadedBackbone(backbone.model, dict(backbone.data_config, input_size=(channels, *size)), backbone.name,
-                          backbone.kind, teacher=backbone.teacher)
+                          backbone.kind, teacher=backbone.teacher, image_processor=backbone.image_processor)
 
 
 def probe(config: ProbeConfig, backbone: LoadedBackbone, splits: Splits, accelerator: Accelerator) -> dict:
     """Extract (or load cached) features of both splits, train the head, top-1 / top-5 on the held-out split."""
-    transform = build_transform(backbone.data_config, is_training=False)
+    transform = backbone.transform
     model = backbone.model.to(accelerator.device)
     features = {}
     for split, dataset, subset in ((config.train_split, splits.train, splits.subsets["train"]),

@@ -110,7 +110,7 @@ def test_distillation_pool_eval_batches_and_phase_images_cover_every_class(sorte
     assert_in_proportion(subsets["train"]["class_histogram"], TRAIN_COUNTS, 26)
     assert len(eval_set) == 16  # 2 batches of 8
     assert_in_proportion(subsets["eval"]["class_histogram"], TEST_COUNTS, 16)
-    images = phase_discovery_images(train_set, DATA_CONFIG, 10, seed=0)
+    images = phase_discovery_images(train_set, build_transform(DATA_CONFIG, is_training=False), 10, seed=0)
     assert images.shape == (10, 3, 32, 32)
     assert len(set(classes_of(images).tolist())) == 5
 

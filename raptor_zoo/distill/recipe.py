@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from accelerate import Accelerator
@@ -297,8 +297,10 @@ def load_datasets(config: DistillConfig, num_processes: int = 1):
     return splits.train, splits.eval, splits.subsets
 
 
-def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dict) -> tuple[DataLoader, DataLoader]:
-    """(train, eval) loaders of normalised images at the teacher's data_config."""
+def get_dataloaders(config: DistillConfig, train_set, eval_set, teacher) -> tuple[DataLoader, DataLoader]:
+    """(train, eval) loaders of normalised images prepared as the teacher's own (``teacher.eval_transform``: its
+    transformers image processor when it has one); ``--augment`` trains on timm's augmentation of its data_config."""
+    data_config = teacher.data_config
     eval_batch_size = config.eval_batch_size or config.batch_size
     if config.synthetic_data:
         train_set = SyntheticImages(config.synthetic_size, data_config["input_size"], seed=config.seed)
@@ -309,10 +311,11 @@ def get_dataloaders(config: DistillConfig, train_set, eval_set, data_config: dic
         return train_loader, DataLoader(eval_set, batch_size=eval_batch_size, num_workers=config.num_workers)
     train_transform = build_transform(
         data_config, is_training=True, scale=config.augment_scale, hflip=config.augment_hflip,
-        color_jitter=config.augment_color_jitter) if config.augment else build_transform(data_config, is_training=False)
+        color_jitter=config.augment_color_jitter) if config.augment else teacher.eval_transform
     train_loader = create_loader(train_set, data_config, config.batch_size, is_training=True, seed=config.seed,
                                  num_workers=config.num_workers, transform=train_transform)
-    eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers)
+    eval_loader = create_loader(eval_set, data_config, eval_batch_size, is_training=False, num_workers=config.num_workers,
+                                transform=teacher.eval_transform)
     return train_loader, eval_loader
 
 
@@ -333,7 +336,7 @@ def cached_train_loader(config: DistillConfig, teacher, train_set, subsets: dict
     sampler of the image loader it replaces: the same seed gives the same batches."""
     identity = {"teacher": teacher.name, "data_config": teacher.data_config, "dataset": config.dataset,
                 "split": config.train_split, "subset": subsets.get("train"), "teacher_precision": config.teacher_precision}
-    images = TransformedDataset(train_set, build_transform(teacher.data_config, is_training=False))
+    images = TransformedDataset(train_set, teacher.eval_transform)
     with accelerator.main_process_first():
         precision = torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
                                    enabled=config.teacher_precision == "bf16")
@@ -348,12 +351,12 @@ def cached_train_loader(config: DistillConfig, teacher, train_set, subsets: dict
     return loader, cache
 
 
-def phase_discovery_images(train_set, data_config: dict, num_images: int, seed: int) -> torch.Tensor:
-    """A seeded random (stratified where labelled) subset of ``num_images`` training images, unaugmented."""
+def phase_discovery_images(train_set, transform: Callable, num_images: int, seed: int) -> torch.Tensor:
+    """A seeded random (stratified where labelled) subset of ``num_images`` training images, through ``transform``
+    (the teacher's eval transform: no augmentation)."""
     if isinstance(train_set, SyntheticImages):
         return torch.stack([train_set[index][0] for index in range(min(num_images, len(train_set)))])
     subset, _ = random_subset(train_set, num_images, seed=seed)
-    transform = build_transform(data_config, is_training=False)
     images = [transform(example["image"].convert("RGB")) for example in subset]
     return torch.stack(images[:num_images])
 
@@ -384,7 +387,7 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
     result = [None]
     if accelerator.is_main_process:
         images = phase_discovery_images(train_loader.dataset if config.synthetic_data else train_set,
-                                        teacher.data_config, config.phase_images, config.subset_seed)
+                                        teacher.eval_transform, config.phase_images, config.subset_seed)
         if len(images) < config.phase_images:
             accelerator.print(f"Phase discovery on all {len(images)} training images (--phase-images "
                               f"{config.phase_images} asked for more).")
@@ -493,7 +496,7 @@ def training_function(config: DistillConfig) -> dict:
         save_run_config(accelerator, config)
     teacher = load_teacher(config.teacher, pretrained=config.teacher_pretrained, img_size=config.teacher_img_size,
                            **config.teacher_kwargs)
-    train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher.data_config)
+    train_loader, eval_loader = get_dataloaders(config, train_set, eval_set, teacher)
     teacher.to(accelerator.device)
     cache = None
     if config.trajectory_cache is not None:

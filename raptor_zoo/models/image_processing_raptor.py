@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import transformers
 from timm.data import resolve_data_config
 from transformers import AutoImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
@@ -28,7 +29,12 @@ _CROP_MODES = ("center", "squash", "border")
 
 
 class RaptorImageProcessor(BaseImageProcessor):
-    """timm's eval transform (``data_config``) as a transformers image processor; returns ``pixel_values``."""
+    """timm's eval transform (``data_config``) as a transformers image processor; returns ``pixel_values``.
+
+    A Raptor of a transformers teacher carries the teacher's own processor (``teacher_processor``: its
+    ``to_dict()``, e.g. a ``CLIPImageProcessor``'s) and runs it instead, so pipelines prepare images exactly as the
+    teacher's did; ``data_config`` then describes the same preprocessing for timm.
+    """
 
     model_input_names = ["pixel_values"]
 
@@ -40,9 +46,14 @@ class RaptorImageProcessor(BaseImageProcessor):
             std: Sequence[float] = (0.229, 0.224, 0.225),
             crop_pct: float = 0.875,
             crop_mode: str = "center",
+            teacher_processor: Mapping[str, Any] | None = None,
             **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if teacher_processor is not None and not hasattr(transformers, str(teacher_processor.get("image_processor_type"))):
+            raise ValueError(f"teacher_processor must be a transformers image processor's to_dict() naming its class "
+                             f"(image_processor_type), got {teacher_processor.get('image_processor_type')!r}.")
+        self.teacher_processor = dict(teacher_processor) if teacher_processor is not None else None
         if len(input_size) != 3 or len(mean) != input_size[0] or len(std) != input_size[0]:
             raise ValueError(f"input_size must be (channels, height, width) with one mean and std per channel, got "
                              f"input_size={list(input_size)}, mean={list(mean)}, std={list(std)}.")
@@ -69,8 +80,25 @@ class RaptorImageProcessor(BaseImageProcessor):
         return dict(input_size=tuple(self.input_size), interpolation=self.interpolation, mean=tuple(self.mean),
                     std=tuple(self.std), crop_pct=self.crop_pct, crop_mode=self.crop_mode)
 
+    @classmethod
+    def wrapping(cls, processor: BaseImageProcessor, data_config: Mapping[str, Any]) -> "RaptorImageProcessor":
+        """The processor of a Raptor whose teacher came with the transformers ``processor``."""
+        return cls(**{key: data_config[key] for key in ("input_size", "interpolation", "mean", "std", "crop_pct",
+                                                        "crop_mode") if key in data_config},
+                   teacher_processor=processor.to_dict())
+
+    def teacher(self) -> BaseImageProcessor | None:
+        """The teacher's own processor this one runs, or None (timm's transform of ``data_config``)."""
+        if self.teacher_processor is None:
+            return None
+        return getattr(transformers, self.teacher_processor["image_processor_type"]).from_dict(self.teacher_processor)
+
     def preprocess(self, images: ImageInput, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         """PIL images, arrays or tensors (one or a list) -> ``pixel_values`` [B, C, H, W], normalised."""
+        teacher = self.teacher()
+        if teacher is not None:
+            return BatchFeature({"pixel_values": teacher(images=images, return_tensors="pt", **kwargs)["pixel_values"]},
+                                tensor_type="pt")
         if return_tensors not in ("pt", None):
             raise ValueError(f"RaptorImageProcessor returns torch tensors; pass return_tensors='pt', "
                              f"got {return_tensors!r}.")

@@ -405,6 +405,7 @@ def raptor_from_teacher(
         last_hidden_state=teacher.last_hidden_state)
     if relax_rank:
         model.raptor_meta.update(relax_rank=relax_rank, relax_init=relax_init, relax_targets=list(relax_targets))
+    model.image_processor = teacher.image_processor  # saved with the Raptor: pipelines prepare images as the teacher's
     return model
 
 
