@@ -12,7 +12,7 @@ import timm
 import torch
 import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
-from transformers import AutoBackbone, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 import raptor_zoo
 from raptor_zoo import cards, hub, zoo
@@ -115,6 +115,11 @@ def test_offline_hub_cache_feeds_every_loader(saved, tiny_raptor, images, isolat
         assert torch.equal(timm_model.forward_features(images), expected)
         assert torch.allclose(hf_model(images).last_hidden_state, expected, atol=1e-6)
         assert torch.allclose(backbone(images).feature_maps[0], expected_map, atol=1e-6)
+    # AutoImageProcessor reads a repo's preprocessor_config.json but a local folder's config.json (transformers takes
+    # it for a timm checkpoint): both give the processor save_pretrained wrote
+    written = hub.image_processor(hub.read_config(saved)).to_dict()
+    assert AutoImageProcessor.from_pretrained("org/name").to_dict() == written
+    assert AutoImageProcessor.from_pretrained(str(saved)).to_dict() == written
 
 
 def test_missing_repo_offline_names_repo_and_recipe():

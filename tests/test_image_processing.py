@@ -85,6 +85,25 @@ def test_saved_folder_carries_its_own_processor(tmp_path):
     assert processor.data_config == {key: tuple(v) if isinstance(v, list) else v for key, v in timm_config.items()}
 
 
+def test_folder_config_json_gives_the_folders_processor():
+    """A Raptor folder's config.json carries timm's pretrained_cfg, so transformers takes a local folder for a timm
+    checkpoint and AutoImageProcessor builds the processor from config.json's dict (transformers >= 5.25): that dict
+    gives the processor of preprocessor_config.json, not the defaults."""
+    shipped = RaptorImageProcessor.from_dict(json.loads((DIGITS_FOLDER / hub.PROCESSOR_NAME).read_text()))
+    from_config = RaptorImageProcessor.from_dict(json.loads((DIGITS_FOLDER / "config.json").read_text()))
+    assert from_config.to_dict() == shipped.to_dict()
+    assert from_config.data_config["input_size"] == (3, 32, 32) != RaptorImageProcessor().data_config["input_size"]
+
+
+def test_options_the_processor_does_not_take_are_refused():
+    with pytest.raises(TypeError, match=r"takes no options \['size'\].*pretrained_cfg in config.json"):
+        AutoImageProcessor.from_pretrained(str(DIGITS_FOLDER), size={"height": 64, "width": 64})
+    with pytest.raises(TypeError, match=r"takes no options \['do_resize'\]"):
+        RaptorImageProcessor(do_resize=False)
+    with pytest.raises(TypeError, match=r"takes no preprocessing options \['size'\]"):
+        RaptorImageProcessor()(Image.new("RGB", (8, 8)), size=16)
+
+
 def test_bad_processor_settings_name_the_problem():
     with pytest.raises(ValueError, match="crop_pct must lie in"):
         RaptorImageProcessor(crop_pct=1.5)

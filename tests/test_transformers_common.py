@@ -1,7 +1,7 @@
 """transformers' own model tests (ModelTesterMixin, ConfigTester, BackboneTesterMixin) run on the Raptor classes.
 
 Modelled on transformers' per-model test for DINOv2-with-registers (tests/models/dinov2_with_registers): the same
-tester layout, the same overrides for a model without input_ids. The mixins are transformers 5.24.0's own code,
+tester layout, the same overrides for a model without input_ids. The mixins are transformers 5.25.0's own code,
 vendored under tests/third_party/transformers_tests (see its README.md).
 
 "raptor" is a custom model type (registered with the Auto classes by ``import raptor_zoo``), so transformers' own

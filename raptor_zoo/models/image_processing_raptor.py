@@ -7,6 +7,13 @@
 tensors timm and raptor_zoo's loaders give the model. transformers' own ``BitImageProcessor`` is close but not
 equal: its centre crop floors odd margins where torchvision rounds them (a one-pixel shift), and its default
 torchvision backend resizes tensors instead of PIL images.
+
+A Raptor folder's config.json carries timm's ``pretrained_cfg`` (so ``timm.create_model('hf-hub:...')`` loads it),
+which makes transformers take a local folder for a timm checkpoint: ``AutoImageProcessor`` then reads config.json in
+place of preprocessor_config.json, and since transformers 5.25 it builds the processor from that dict
+(``from_dict``) instead of letting the class read its own file (``from_pretrained``). ``from_dict`` therefore also
+accepts a config.json dict and resolves its ``pretrained_cfg`` as timm does, as transformers'
+``TimmWrapperImageProcessor`` does; save_pretrained writes the same processor to preprocessor_config.json.
 """
 from __future__ import annotations
 
@@ -26,6 +33,10 @@ from .configuration_raptor import RaptorConfig
 __all__ = ["RaptorImageProcessor", "register_raptor_image_processor"]
 
 _CROP_MODES = ("center", "squash", "border")
+# keys transformers writes into preprocessor_config.json beside the processor's own (ImageProcessingMixin.to_dict)
+_SAVED_KEYS = ("image_processor_type",)
+_FIXED_TRANSFORM = ("its transform is the model's data config (input_size, interpolation, mean, std, crop_pct, "
+                    "crop_mode: edit pretrained_cfg in config.json and preprocessor_config.json to change it)")
 
 
 class RaptorImageProcessor(BaseImageProcessor):
@@ -49,6 +60,9 @@ class RaptorImageProcessor(BaseImageProcessor):
             teacher_processor: Mapping[str, Any] | None = None,
             **kwargs: Any,
     ) -> None:
+        unknown = sorted(set(kwargs) - set(_SAVED_KEYS))
+        if unknown:
+            raise TypeError(f"RaptorImageProcessor takes no options {unknown}; {_FIXED_TRANSFORM}.")
         super().__init__(**kwargs)
         if teacher_processor is not None and not hasattr(transformers, str(teacher_processor.get("image_processor_type"))):
             raise ValueError(f"teacher_processor must be a transformers image processor's to_dict() naming its class "
@@ -73,6 +87,14 @@ class RaptorImageProcessor(BaseImageProcessor):
         data_config = resolve_data_config(pretrained_cfg=dict(pretrained_cfg))
         return cls(**{key: data_config[key] for key in
                       ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")})
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "RaptorImageProcessor":
+        """The processor of a preprocessor_config.json dict, or of a folder's config.json dict (its
+        ``pretrained_cfg``: what ``AutoImageProcessor`` reads from a local Raptor folder, see the module docstring)."""
+        if "pretrained_cfg" in image_processor_dict:
+            image_processor_dict = cls.from_pretrained_cfg(image_processor_dict["pretrained_cfg"]).to_dict()
+        return super().from_dict(image_processor_dict, **kwargs)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -103,8 +125,8 @@ class RaptorImageProcessor(BaseImageProcessor):
             raise ValueError(f"RaptorImageProcessor returns torch tensors; pass return_tensors='pt', "
                              f"got {return_tensors!r}.")
         if kwargs:
-            raise TypeError(f"RaptorImageProcessor takes no preprocessing options {sorted(kwargs)}; its transform "
-                            "is the model's data config (edit preprocessor_config.json to change it).")
+            raise TypeError(f"RaptorImageProcessor takes no preprocessing options {sorted(kwargs)}; "
+                            f"{_FIXED_TRANSFORM}.")
         from ..data import build_transform
 
         transform = build_transform(self.data_config, is_training=False)

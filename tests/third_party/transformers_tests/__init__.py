@@ -1,1 +1,1 @@
-"""transformers' own model-test mixins, copied unchanged from its 5.24.0 sdist (see README.md)."""
+"""transformers' own model-test mixins, copied unchanged from its 5.25.0 sdist (see README.md)."""

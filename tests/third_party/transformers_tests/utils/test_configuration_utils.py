@@ -1,7 +1,8 @@
 """Stand-in for transformers' tests/utils/test_configuration_utils.py (not in the sdist): ``config_common_kwargs``.
 
-Non-default values for the fields of transformers 5.24's ``PreTrainedConfig`` (plus ``output_attentions``), so
-``ConfigTester.check_config_arguments_init`` checks that a config class passes all of them through.
+Non-default values for the fields of transformers' ``PreTrainedConfig`` (the same from 5.23 to 5.25; plus
+``output_attentions``), so ``ConfigTester.check_config_arguments_init`` checks that a config class passes all of them
+through.
 """
 
 config_common_kwargs = {
