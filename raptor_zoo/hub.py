@@ -278,6 +278,7 @@ def raptor_config(
         **family_fields,
         pretrained_cfg=_timm_pretrained_cfg(core, architecture, source_cfg),
         architectures=["RaptorForImageClassification" if core.num_classes and not embedding_head else "RaptorModel"],
+        teacher_image_processor=_teacher_processor_dict(core, hf_config),
         last_hidden_state=meta.get("last_hidden_state") or (
             hf_config.last_hidden_state if hf_config is not None else "normed"),
         teacher=meta.get("teacher"),
@@ -290,15 +291,21 @@ def raptor_config(
     )
 
 
-def image_processor(config: RaptorConfig, teacher_processor: Any = None) -> RaptorImageProcessor:
+def image_processor(config: RaptorConfig) -> RaptorImageProcessor:
     """The transformers image processor (preprocessor_config.json) of a folder: timm's eval transform of the data
-    config that config.json's pretrained_cfg resolves to, running ``teacher_processor`` (the teacher's own
-    transformers processor, when it had one) instead."""
-    processor = RaptorImageProcessor.from_pretrained_cfg(config.pretrained_cfg or {})
-    if teacher_processor is None:
-        return processor
-    return RaptorImageProcessor.wrapping(getattr(teacher_processor, "teacher", lambda: None)() or teacher_processor,
-                                         processor.data_config)
+    config that config.json's pretrained_cfg resolves to, running the teacher's own transformers processor
+    (``teacher_image_processor``) instead when the teacher had one."""
+    return RaptorImageProcessor.from_dict(config.to_dict())
+
+
+def _teacher_processor_dict(core: nn.Module, hf_config: RaptorConfig | None) -> dict[str, Any] | None:
+    """The teacher's transformers image processor a Raptor carries, as config.json stores it."""
+    processor = getattr(core, "image_processor", None)
+    if isinstance(processor, RaptorImageProcessor):
+        processor = processor.teacher()
+    if processor is not None:
+        return processor.to_dict()
+    return hf_config.teacher_image_processor if hf_config is not None else None
 
 
 def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
@@ -398,7 +405,7 @@ def save_pretrained(
     _write_atomic(folder / WEIGHTS_NAME,
                   lambda path: safetensors.torch.save_file(state, str(path), metadata={"format": "pt"}))
     _write_atomic(folder / CONFIG_NAME, lambda path: config.to_json_file(path))
-    _write_atomic(folder / PROCESSOR_NAME, image_processor(config, getattr(core, "image_processor", None)).to_json_file)
+    _write_atomic(folder / PROCESSOR_NAME, image_processor(config).to_json_file)
     if phase_dict is not None:
         from .phases import PhaseResult
 

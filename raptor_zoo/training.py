@@ -314,9 +314,9 @@ def start_run(
     if device.type == "cpu" and config.mixed_precision in ("bf16", "fp16"):
         slowdown = cpu_autocast_slowdown(config.mixed_precision)
         if slowdown > _SLOWER_THAN_FP32:
-            notes.append(f"mixed_precision {config.mixed_precision} on this CPU: a matmul runs {slowdown:.1f}x slower "
-                         f"than in fp32 (no native {config.mixed_precision} units), so this run uses fp32 "
-                         "(mixed_precision: no).")
+            notes.append(f"mixed_precision {config.mixed_precision} on this CPU: a ViT block's forward and backward "
+                         f"run {slowdown:.1f}x slower than in fp32 (no native {config.mixed_precision} units), so this "
+                         "run uses fp32 (mixed_precision: no).")
             config.mixed_precision = "no"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if getattr(config, "num_workers", 0) > cores:

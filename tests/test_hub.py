@@ -162,7 +162,7 @@ def test_hub_org_redirect_loads_through_huggingface_hub(saved, isolated_hf_hub, 
     monkeypatch.setattr(hub, "hf_hub_download", lambda repo_id, filename, **kw: seen.append(repo_id)
                         or real_download(repo_id, filename, **kw))
     model = raptor_zoo.from_pretrained("raptor-dinov2-small-reg-k2")
-    assert seen == ["myorg/raptor-dinov2-small-reg-k2"] * 2
+    assert seen == ["myorg/raptor-dinov2-small-reg-k2"] * 3  # config.json, model.safetensors, preprocessor_config.json
     assert model.block_schedule == (2, 1)
     assert zoo.resolve("raptor-dinov2-small-reg-k2").repo_id() == "myorg/raptor-dinov2-small-reg-k2"
 

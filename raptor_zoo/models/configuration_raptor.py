@@ -75,6 +75,8 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         last_hidden_state (`str`, defaults to "normed"): what ``RaptorModel`` returns as ``last_hidden_state``, the
             convention of the teacher's transformers class: "normed" (the final norm applied to every token, as
             DINOv2, SigLIP and AIMv2) or "pre_norm" (the last block's output, as CLIP's vision tower).
+        teacher_image_processor (`dict`, *optional*): the teacher's own transformers image processor (its
+            ``to_dict()``), which ``RaptorImageProcessor`` runs so that images are prepared exactly as the teacher's.
         teacher, teacher_revision, schedule_source, phase_metric, phase_boundaries, raptor_meta: provenance.
         out_features / out_indices: backbone stages among ``stem``, ``stage1`` .. ``stageL``.
 
@@ -111,6 +113,7 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
     initializer_range: float = 0.02
     projection_dim: int | None = None
     last_hidden_state: str = "normed"
+    teacher_image_processor: dict[str, Any] | None = None
     teacher: str | None = None
     teacher_revision: str | None = None
     schedule_source: str | None = None

@@ -91,9 +91,12 @@ class RaptorImageProcessor(BaseImageProcessor):
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "RaptorImageProcessor":
         """The processor of a preprocessor_config.json dict, or of a folder's config.json dict (its
-        ``pretrained_cfg``: what ``AutoImageProcessor`` reads from a local Raptor folder, see the module docstring)."""
+        ``pretrained_cfg`` and ``teacher_image_processor``: what ``AutoImageProcessor`` reads from a local Raptor
+        folder, see the module docstring)."""
         if "pretrained_cfg" in image_processor_dict:
-            image_processor_dict = cls.from_pretrained_cfg(image_processor_dict["pretrained_cfg"]).to_dict()
+            processor = cls.from_pretrained_cfg(image_processor_dict["pretrained_cfg"])
+            teacher_processor = image_processor_dict.get("teacher_image_processor")
+            image_processor_dict = dict(processor.to_dict(), teacher_processor=teacher_processor)
         return super().from_dict(image_processor_dict, **kwargs)
 
     @property
@@ -101,13 +104,6 @@ class RaptorImageProcessor(BaseImageProcessor):
         """The timm data config this processor applies."""
         return dict(input_size=tuple(self.input_size), interpolation=self.interpolation, mean=tuple(self.mean),
                     std=tuple(self.std), crop_pct=self.crop_pct, crop_mode=self.crop_mode)
-
-    @classmethod
-    def wrapping(cls, processor: BaseImageProcessor, data_config: Mapping[str, Any]) -> "RaptorImageProcessor":
-        """The processor of a Raptor whose teacher came with the transformers ``processor``."""
-        return cls(**{key: data_config[key] for key in ("input_size", "interpolation", "mean", "std", "crop_pct",
-                                                        "crop_mode") if key in data_config},
-                   teacher_processor=processor.to_dict())
 
     def teacher(self) -> BaseImageProcessor | None:
         """The teacher's own processor this one runs, or None (timm's transform of ``data_config``)."""
