@@ -52,7 +52,7 @@ from tqdm import tqdm
 import raptor_zoo
 from raptor_zoo.flops import count_flops
 from raptor_zoo.models.families import native_img_size, patch_size_of
-from raptor_zoo.models.raptor_base import even_block_schedule
+from raptor_zoo.models.schedule import even_block_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / 'benchmarks' / 'results' / 'coverage'

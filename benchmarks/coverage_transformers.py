@@ -38,7 +38,7 @@ from torch import nn
 import raptor_zoo
 from raptor_zoo.flops import count_flops
 from raptor_zoo.hf_convert import HF_CONVERTERS, hf_hidden_states
-from raptor_zoo.models.raptor_base import even_block_schedule
+from raptor_zoo.models.schedule import even_block_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "coverage"

@@ -134,7 +134,7 @@ class TeacherStepper:
         from .teachers import Teacher
 
         self.teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
-        if self.teacher.family.name not in ('vit', 'cait', 'sam'):
+        if not self.teacher.family.state_only_blocks:
             raise NotImplementedError(
                 f'adaptive depth steps a teacher block by block with the state alone; a {self.teacher.family.name} '
                 "teacher's blocks also take per-step arguments (RoPE, relative-position bias, grid), which the "

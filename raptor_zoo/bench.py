@@ -676,6 +676,7 @@ def flops_row(
     """
     import timm
 
+    from .models.raptor_timm import raptor_from_model_args
     from .models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
     from .models.raptor_vit import RaptorVisionTransformer
     if isinstance(arch_or_model, str):
@@ -694,13 +695,13 @@ def flops_row(
     if teacher is None:
         raise ValueError(f'{arch}: pass teacher= (a timm name or module); the model records none.')
     model_args['img_size'] = img_size
-    input_size = (model_args.get('in_chans', 3), img_size, img_size)
+    input_size = (3, img_size, img_size)
 
     def build(**overrides: Any) -> nn.Module:
         with torch.device('meta'):
             if isinstance(arch_or_model, str):  # through timm, so the arch's pretrained_cfg (num_classes) applies
                 return timm.create_model(arch, pretrained=False, **dict(model_args, **overrides))
-            return RaptorVisionTransformer(**dict(model_args, **overrides))
+            return raptor_from_model_args(dict(model_args, **overrides))
 
     if isinstance(teacher, str):
         if not timm.is_model(teacher):

@@ -39,6 +39,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .flops import count_flops, count_params, relaxation_overhead
 from .models.configuration_raptor import RaptorConfig
+from .models.raptor_timm import build_teacher_model, raptor_from_model_args
 
 __all__ = [
     "TEMPLATE_NAME",
@@ -250,26 +251,14 @@ def build_card_data(
 
 
 def _meta_raptor(config: RaptorConfig) -> torch.nn.Module:
-    from .hub import build_raptor
-
     with torch.device("meta"):
-        return build_raptor(config)
+        return raptor_from_model_args(config.timm_model_args())
 
 
-def _meta_teacher(config: RaptorConfig) -> torch.nn.Module | None:
-    import timm
-
-    model_args = config.model_args or {}
-    if "teacher_arch" in model_args:  # a Raptor of another family names its teacher architecture exactly
-        with torch.device("meta"):
-            return timm.create_model(model_args["teacher_arch"], pretrained=False,
-                                     **dict(model_args.get("teacher_args") or {}, num_classes=config.num_labels))
-    timm_name = _timm_teacher_name(config.teacher) if config.teacher else None
-    if timm_name is None:
-        return None
-    arch = timm.models.split_model_name_tag(timm_name)[0]
+def _meta_teacher(config: RaptorConfig) -> torch.nn.Module:
+    """The teacher architecture the Raptor describes (model_args), on the meta device, with the Raptor's head."""
     with torch.device("meta"):
-        return timm.create_model(arch, pretrained=False, num_classes=config.num_labels, img_size=_img_size(config))
+        return build_teacher_model(config.timm_model_args())
 
 
 def _img_size(config: RaptorConfig) -> tuple[int, int]:

@@ -5,7 +5,7 @@ A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
     config.json        RaptorConfig.to_dict(): timm keys (architecture, num_classes, num_features, global_pool,
                        model_args, pretrained_cfg), transformers keys (model_type "raptor", architectures, ...),
                        teacher id and revision, block_schedule, phase_boundaries, phase_metric, schedule_source
-    model.safetensors  RaptorVisionTransformer.state_dict() in timm's key layout, each unique block once
+    model.safetensors  the Raptor's timm state_dict (its family's key layout), each unique block once
     README.md          the model card (raptor_zoo.cards)
     preprocessor_config.json  the teacher's own transformers image processor (a transformers teacher's, e.g.
                        CLIPImageProcessor: pipelines then prepare images exactly as the teacher's), else the timm
@@ -56,12 +56,15 @@ from timm.models import PretrainedCfg, filter_pretrained_cfg
 from torch import nn
 
 from . import cards, zoo
+from .version import __version__
 from .models.configuration_raptor import RaptorConfig
 from .models.families import in_chans_of, native_img_size
 from .models.image_processing_raptor import RaptorImageProcessor
 from .models.raptor_base import RaptorMixin
-from .models.raptor_timm import RAPTOR_TIMM_ARCHS, raptor_from_model_args
-from .models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, checkpoint_filter_fn
+from .models.archs import REGISTERED_RAPTOR_ARCHS
+from .models.raptor_timm import raptor_from_model_args
+from .models.raptor_vit import checkpoint_filter_fn
+from .models.services import provide
 
 __all__ = [
     "CONFIG_NAME",
@@ -89,10 +92,9 @@ CARD_NAME = "README.md"
 PROCESSOR_NAME = "preprocessor_config.json"
 PHASES_NAME = "phases.json"
 HEATMAP_NAME = "phase_heatmap.png"
-GENERIC_ARCHITECTURE = "raptor_vit"
-"""timm architecture of Raptors that are not one of the registered variants (every argument in model_args)."""
-GENERIC_FAMILY_ARCHITECTURE = "raptor_timm"
-"""timm architecture of Raptors of the other families (teacher_arch, teacher_args, block_schedule in model_args)."""
+GENERIC_ARCHITECTURE = "raptor_timm"
+"""timm architecture of Raptors that are not one of the registered variants (teacher_arch, teacher_args,
+block_schedule ... in model_args)."""
 
 _PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _PROVENANCE_KEYS = ("teacher", "teacher_revision", "schedule_source", "phase_metric", "phase_boundaries")
@@ -101,8 +103,6 @@ _BUILD_HINT = (f"Build a Raptor locally with `accelerate launch {zoo.DISTILL_REC
 
 
 def _library_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -120,8 +120,8 @@ def _core_and_config(model: nn.Module) -> tuple[RaptorMixin, RaptorConfig | None
     if isinstance(core, RaptorMixin) and isinstance(getattr(model, "config", None), RaptorConfig):
         return core, model.config
     raise TypeError(
-        f"Expected a RaptorVisionTransformer (timm) or a transformers Raptor model, got {type(model).__name__}; "
-        "build one with RaptorVisionTransformer.from_teacher(...) or timm.create_model('raptor_vit_...').")
+        f"Expected a timm Raptor (RaptorVisionTransformer, RaptorEva, ...) or a transformers Raptor model, got {type(model).__name__}; "
+        "build one with raptor_zoo.from_teacher(...) or timm.create_model('raptor_vit_...').")
 
 
 def _phases_dict(phases: Any) -> dict[str, Any] | None:
@@ -138,7 +138,7 @@ def _phases_dict(phases: Any) -> dict[str, Any] | None:
     raise TypeError(f"phases must be a PhaseResult, a dict or a phases.json path, got {type(phases).__name__}.")
 
 
-def _phase_result(model: RaptorVisionTransformer, phases: Any) -> dict[str, Any] | None:
+def _phase_result(model: RaptorMixin, phases: Any) -> dict[str, Any] | None:
     """The phase result to ship: ``phases`` if given, else the one ``from_teacher`` recorded; it must match."""
     phase_dict = _phases_dict(phases)
     if phase_dict is None and isinstance((model.raptor_meta or {}).get("phases"), Mapping):
@@ -157,32 +157,30 @@ def _json_ready(value: Any, what: str) -> Any:
         raise TypeError(f"{what} is not JSON-serialisable ({err}); config.json holds JSON values only.") from None
 
 
-def _source_cfg(model: RaptorVisionTransformer, hf_config: RaptorConfig | None) -> dict[str, Any]:
+def _source_cfg(model: RaptorMixin, hf_config: RaptorConfig | None) -> dict[str, Any]:
     """timm pretrained_cfg the model carries (a transformers Raptor keeps it in its config)."""
     if hf_config is not None:
         return dict(hf_config.pretrained_cfg or {}, architecture=hf_config.architecture)
     return dict(getattr(model, "pretrained_cfg", None) or {})
 
 
-def _is_family_raptor(model: nn.Module) -> bool:
-    """A Raptor described by its teacher architecture (model_args has teacher_arch), not by ViT arguments."""
-    return "teacher_arch" in (getattr(model, "model_args", None) or {})
-
-
-def _architecture_of(source_cfg: Mapping[str, Any], model: nn.Module) -> str:
+def _architecture_of(source_cfg: Mapping[str, Any], model: RaptorMixin) -> str:
+    """The registered arch the model was created as (config.json's model_args describe it completely, whatever was
+    overridden), else the generic architecture."""
     arch = source_cfg.get("architecture")
-    if _is_family_raptor(model):
-        spec = RAPTOR_TIMM_ARCHS.get(arch)
-        registered = spec is not None and spec["teacher"] == model.model_args["teacher_arch"]
-        return arch if registered else GENERIC_FAMILY_ARCHITECTURE
-    return arch if arch in RAPTOR_ARCHS else GENERIC_ARCHITECTURE
+    if arch in REGISTERED_RAPTOR_ARCHS and model.model_args["teacher_arch"] == REGISTERED_RAPTOR_ARCHS[arch]["teacher"]:
+        return arch
+    return GENERIC_ARCHITECTURE
 
 
-def _matches_registered(model: RaptorVisionTransformer, spec: Mapping[str, Any]) -> bool:
-    """Whether a model of a registered arch still has that arch's teacher shape (no width / depth overrides)."""
-    shape = ("embed_dim", "num_heads", "patch_size", "reg_tokens")
-    return (all(model.model_args.get(key) == spec["model_args"].get(key) for key in shape)
-            and sum(model.block_schedule) == sum(spec["block_schedule"]))
+def _is_registered_shape(model: RaptorMixin, arch: str) -> bool:
+    """Whether a model of a registered arch still has that arch's teacher and schedule (no width / depth overrides):
+    only then does the arch's schedule source describe it."""
+    with torch.device("meta"):
+        registered = timm.create_model(arch, num_classes=model.num_classes, img_size=list(native_img_size(model)))
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items() if not key.startswith("head")}
+    same = shapes == {key: tuple(v.shape) for key, v in registered.state_dict().items() if not key.startswith("head")}
+    return same and tuple(model.block_schedule) == tuple(registered.block_schedule)
 
 
 def _timm_pretrained_cfg(
@@ -230,10 +228,9 @@ def raptor_config(
                 **meta}
     source_cfg = _source_cfg(core, hf_config)
     architecture = _architecture_of(source_cfg, core)
-    if architecture in RAPTOR_ARCHS and _matches_registered(core, RAPTOR_ARCHS[architecture]):
-        spec = RAPTOR_ARCHS[architecture]
-        if tuple(core.block_schedule) == tuple(spec["block_schedule"]):
-            meta.setdefault("schedule_source", spec["schedule_source"])
+    if architecture in REGISTERED_RAPTOR_ARCHS and _is_registered_shape(core, architecture):
+        spec = REGISTERED_RAPTOR_ARCHS[architecture]
+        meta.setdefault("schedule_source", spec["schedule_source"])
         meta.setdefault("teacher", spec["teacher"])
     phase_dict = _phase_result(core, phases)
     if phase_dict is not None:
@@ -246,13 +243,8 @@ def raptor_config(
     if teacher_revision is not None:
         meta["teacher_revision"] = teacher_revision
 
-    model_args = dict(core.model_args)
-    if _is_family_raptor(core):
-        model_args["teacher_args"] = dict(model_args.get("teacher_args") or {}, num_classes=core.num_classes)
-        model_args.update(num_classes=core.num_classes, block_schedule=list(core.block_schedule))
-    else:
-        model_args.update(
-            num_classes=core.num_classes, global_pool=core.global_pool, block_schedule=list(core.block_schedule))
+    model_args = dict(core.model_args, block_schedule=list(core.block_schedule), num_classes=core.num_classes)
+    model_args["teacher_args"] = dict(model_args.get("teacher_args") or {}, num_classes=core.num_classes)
     model_args = _json_ready(model_args, "model.model_args")
     extra_meta = {key: value for key, value in meta.items()
                   if key not in (*_PROVENANCE_KEYS, "phases", "block_schedule") and value is not None}
@@ -265,17 +257,15 @@ def raptor_config(
         labels = dict(id2label=dict(enumerate(label_names)))
     elif hf_config is not None and hf_config.num_labels == core.num_classes:
         labels = dict(id2label=dict(hf_config.id2label))
-    family_fields: dict[str, Any] = {}
-    if _is_family_raptor(core):  # the transformers fields describe the shape; model_args rebuild it
-        attn = getattr(core.unique_blocks[0], "attn", None)
-        family_fields = dict(
-            hidden_size=int(getattr(core, "embed_dim", None) or core.num_features),
-            num_attention_heads=int(getattr(attn, "num_heads", 1)), image_size=list(native_img_size(core)),
-            num_channels=in_chans_of(core))
+    attn = getattr(core.unique_blocks[0], "attn", None)
     return RaptorConfig(
         model_args=model_args,
         architecture=architecture,
-        **family_fields,
+        # the transformers fields describe the shape; model_args rebuild it
+        hidden_size=int(getattr(core, "embed_dim", None) or core.num_features),
+        num_attention_heads=int(getattr(attn, "num_heads", 1)), image_size=list(native_img_size(core)),
+        num_channels=in_chans_of(core), block_type=getattr(core, "block_type", "teacher"),
+        global_pool="cls_avg" if getattr(core, "global_pool", None) == "cls_avg" else None,
         pretrained_cfg=_timm_pretrained_cfg(core, architecture, source_cfg),
         architectures=["RaptorForImageClassification" if core.num_classes and not embedding_head else "RaptorModel"],
         teacher_image_processor=_teacher_processor_dict(core, hf_config),
@@ -308,7 +298,7 @@ def _teacher_processor_dict(core: nn.Module, hf_config: RaptorConfig | None) -> 
     return hf_config.teacher_image_processor if hf_config is not None else None
 
 
-def _state_dict_for_save(model: RaptorVisionTransformer) -> dict[str, torch.Tensor]:
+def _state_dict_for_save(model: RaptorMixin) -> dict[str, torch.Tensor]:
     state = {}
     seen: dict[tuple[int, int], str] = {}
     for key, tensor in model.state_dict().items():
@@ -363,7 +353,7 @@ def save_pretrained(
     and plots.
 
     Args:
-        model: a ``RaptorVisionTransformer`` (or a transformers ``Raptor*`` model, saved through its ``.raptor``).
+        model: a timm Raptor (or a transformers ``Raptor*`` model, saved through its ``.raptor``).
         save_directory: folder to write (created if needed).
         teacher, teacher_revision: teacher id and revision when ``model.raptor_meta`` lacks them.
         phases: the phase result the schedule came from (PhaseResult, dict or phases.json); written as phases.json
@@ -590,7 +580,7 @@ def load_pretrained(
         cache_dir: str | os.PathLike | None = None,
         strict: bool = True,
         **model_kwargs: Any,
-) -> RaptorVisionTransformer:
+) -> RaptorMixin:
     """A Raptor (timm model, eval mode) from a zoo name, a local folder or a Hub repo id.
 
     Args:
@@ -743,3 +733,8 @@ def push_command(args: argparse.Namespace) -> int:
                       commit_message=args.commit_message, revision=args.revision, create_pr=args.create_pr)
     print(url)
     return 0
+
+
+provide("save_pretrained", save_pretrained)
+provide("load_pretrained", load_pretrained)
+provide("push_to_hub", push_to_hub)

@@ -43,10 +43,12 @@ from .hf_convert.vit import (
     convert_hf_vit,
     dinov2_data_config,
     hf_state_dict_to_timm,
+    dinov2_run_size,
     set_vit_run_size,
     vit_config_from_hf,
 )
-from .models.families import FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, patch_size_of
+from .models.families import (
+    FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, pair, patch_size_of)
 from .models.raptor_base import RaptorMixin
 
 __all__ = [
@@ -82,22 +84,6 @@ _ACCEPTED = (
 
 def _is_dinov2_name(name: str | None) -> bool:
     return name is not None and "dinov2" in name.lower()
-
-
-def _default_run_size(native_size: tuple[int, int], is_dinov2: bool) -> tuple[int, int]:
-    """A DINOv2 checkpoint's stored 518 px grid runs at 224 (the paper's protocol); any other size is the model's own."""
-    if is_dinov2 and native_size == (DINOV2_STORED_IMG_SIZE, DINOV2_STORED_IMG_SIZE):
-        return DINOV2_IMG_SIZE, DINOV2_IMG_SIZE
-    return native_size
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"img_size must be an int or an (height, width) pair; got {size!r}.")
-    return size
 
 
 class _StopForward(Exception):
@@ -150,7 +136,7 @@ class Teacher(nn.Module):
             raise ValueError(f"source must be one of {_TEACHER_SOURCES}; got {source!r}.")
         self.family = family_of(model)
         native_size = native_img_size(model)
-        run_size = native_size if img_size is None else _pair(img_size)
+        run_size = native_size if img_size is None else pair(img_size)
         if run_size != native_size and not accepts_any_img_size(model):
             raise ValueError(
                 f"{type(model).__name__} runs at fixed size {native_size} but img_size={run_size} was asked; "
@@ -389,7 +375,7 @@ def _teacher_from_hf_module(
     model = converter.convert(hf_model)
     describe_for_timm(model, hf_model)
     native_size = native_img_size(model)
-    run_size = _pair(img_size) if img_size is not None else (
+    run_size = pair(img_size) if img_size is not None else (
         converter.default_run_size(native_size) if converter.default_run_size else native_size)
     if run_size != native_size:
         if converter.set_run_size is None:
@@ -447,7 +433,7 @@ def data_config_from_processor(
     is timm's ``crop_mode='squash'``. Processors that do not normalise (``do_normalize: false``) get mean 0,
     std 1.
     """
-    run_size = _pair(img_size)
+    run_size = pair(img_size)
     resample = processor_config.get("resample", 3)
     if resample not in _PIL_RESAMPLE:
         raise ValueError(f"preprocessor_config.json: resample={resample!r} is not a PIL filter (0..5).")
@@ -556,7 +542,7 @@ def _create_timm_teacher(
         raise
     if is_dinov2:
         native_size = tuple(model.patch_embed.img_size)
-        set_vit_run_size(model, _pair(img_size) if img_size is not None else _default_run_size(native_size, True))
+        set_vit_run_size(model, pair(img_size) if img_size is not None else dinov2_run_size(native_size))
     # the architecture arguments, so that a Raptor of this teacher can be rebuilt from config.json
     model.raptor_teacher_args = {k: v for k, v in create_kwargs.items() if k not in _TIMM_LOADING_KWARGS}
     return Teacher(model, name=teacher_name, source=source, revision=revision)
@@ -781,9 +767,9 @@ def load_teacher(
     if kwargs and isinstance(source, nn.Module):
         raise TypeError(f"Extra keyword arguments {sorted(kwargs)} apply to names and folders, not to modules.")
     if isinstance(source, Teacher):
-        if img_size is None or _pair(img_size) == source.img_size:
+        if img_size is None or pair(img_size) == source.img_size:
             return source
-        data_config = dict(source.data_config, input_size=(source.data_config["input_size"][0], *_pair(img_size)))
+        data_config = dict(source.data_config, input_size=(source.data_config["input_size"][0], *pair(img_size)))
         return Teacher(
             source.model, name=source.name, source=source.source, revision=source.revision, img_size=img_size,
             data_config=data_config,

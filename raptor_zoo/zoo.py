@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .models.archs import RAPTOR_ARCHS, RAPTOR_TIMM_ARCHS
+
 __all__ = [
     "HUB_ORG",
     "HUB_ORG_ENV",
@@ -103,8 +105,6 @@ class ZooEntry:
 
 
 def _dinov2_entries() -> dict[str, ZooEntry]:
-    from .models.raptor_vit import RAPTOR_ARCHS
-
     entries = {}
     for size, (letter, prefix) in _DINOV2_SIZES.items():
         for reg in (False, True):
@@ -154,8 +154,6 @@ def _frontier_entries() -> dict[str, ZooEntry]:
     """DINOv3, EVA-02, Perception Encoder and SigLIP Raptors: the registered raptor_<teacher>_k{2,3,4} archs, built
     with the DINOv3 recipe and the teacher, input size and schedule given on the command line."""
     import timm
-
-    from .models.raptor_timm import RAPTOR_TIMM_ARCHS
 
     entries = {}
     for arch, spec in RAPTOR_TIMM_ARCHS.items():

@@ -19,6 +19,7 @@ from raptor_zoo.adaptive import (
     exit_steps_for,
     halting_scores,
 )
+from raptor_zoo.models.raptor_timm import raptor_from_model_args
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
 from raptor_zoo.teachers import Teacher
 
@@ -225,7 +226,7 @@ def test_compiled_blocks_follow_the_shrinking_batch(raptor, images):
     threshold = _mixed_threshold(raptor, images)
     with torch.no_grad():
         eager = adaptive_forward(raptor, images, threshold=threshold)
-    compiled = RaptorVisionTransformer(**raptor.model_args).eval()
+    compiled = raptor_from_model_args(raptor.model_args).eval()
     compiled.load_state_dict(raptor.state_dict())
     for block in compiled.blocks:
         block.compile(backend='eager', dynamic=True)

@@ -17,7 +17,7 @@ from timm.layers import calculate_drop_path_rates
 import raptor_zoo
 from raptor_zoo.flops import count_flops
 from raptor_zoo.models import recurrent
-from raptor_zoo.models.raptor_base import even_block_schedule
+from raptor_zoo.models.schedule import even_block_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 DEPTH = 4

@@ -73,7 +73,7 @@ def test_save_writes_one_folder_layout(saved, tiny_raptor):
     assert header["__metadata__"] == {"format": "pt"}
     config = json.loads((saved / "config.json").read_text())
     assert config["architecture"] == ARCH and config["num_classes"] == 5 and config["num_features"] == 32
-    assert config["model_args"]["block_schedule"] == [2, 1] and config["model_args"]["embed_dim"] == 32
+    assert config["model_args"]["block_schedule"] == [2, 1] and config["model_args"]["teacher_args"]["embed_dim"] == 32
     assert config["pretrained_cfg"]["input_size"] == [3, 28, 28]
     assert config["pretrained_cfg"]["hf_hub_filename"] == "model.safetensors"
     assert config["model_type"] == "raptor" and config["architectures"] == ["RaptorForImageClassification"]

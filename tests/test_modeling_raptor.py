@@ -76,7 +76,9 @@ def test_config_common(tmp_path):
     config.save_pretrained(tmp_path / "sub" / "folder")
     reloaded = AutoConfig.from_pretrained(tmp_path / "sub" / "folder")
     assert isinstance(reloaded, RaptorConfig) and reloaded.to_diff_dict() == config.to_diff_dict()
-    assert reloaded.model_args == {"init_values": 1e-5, "no_embed_class": True}
+    # saved, the fields' description is the teacher architecture's (the one model_args schema)
+    assert reloaded.timm_model_args() == config.timm_model_args()
+    assert {"init_values": 1e-5, "no_embed_class": True}.items() <= reloaded.model_args["teacher_args"].items()
     assert RaptorConfig(num_labels=7).num_labels == 7
     default = RaptorConfig()
     assert default.hidden_size == 768 and default.block_schedule == [7, 5] and default.out_features == ["stage12"]
@@ -84,12 +86,13 @@ def test_config_common(tmp_path):
 
 def test_config_carries_complete_timm_keys():
     config_dict = TESTER.get_config().to_dict()
-    args = config_dict["model_args"]
-    assert args["embed_dim"] == 32 and args["reg_tokens"] == 4 and args["block_schedule"] == [2, 1]
+    args = config_dict["model_args"]  # the Raptor described by its teacher architecture, as every Raptor is
+    assert args["teacher_arch"] == "VisionTransformer" and args["block_schedule"] == [2, 1]
+    assert args["teacher_args"]["embed_dim"] == 32 and args["teacher_args"]["reg_tokens"] == 4
     assert args["num_classes"] == config_dict["num_classes"] == 3
     assert config_dict["architecture"] == "raptor_vit" and config_dict["num_features"] == 32
     # model_args alone rebuild the architecture (what timm does with config.json)
-    rebuilt = RaptorVisionTransformer(**args)
+    rebuilt = timm.create_model(config_dict["architecture"], **args)
     assert rebuilt.depth == 3 and rebuilt.num_reg_tokens == 4 and rebuilt.head.out_features == 3
 
 

@@ -4,6 +4,7 @@ import timm
 import torch
 
 import raptor_zoo
+from raptor_zoo.models.raptor_timm import raptor_from_model_args
 from raptor_zoo.models.raptor_vit import RELAX_TARGETS, RaptorVisionTransformer
 from raptor_zoo.teachers import load_teacher
 
@@ -173,7 +174,7 @@ def test_save_load_round_trip(tmp_path, phase_teacher):
         assert ours.relax_rank == 3 and ours.relax_targets == ('qkv', 'fc2')
         assert torch.equal(ours(x), expected)
         assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), expected)
-    assert RaptorVisionTransformer(**model.model_args).state_dict().keys() == model.state_dict().keys()
+    assert raptor_from_model_args(model.model_args).state_dict().keys() == model.state_dict().keys()
 
 
 def test_torch_export_relaxed():

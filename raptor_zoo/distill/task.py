@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 import torch
 import torch.nn as nn
 
+from ..models.families import EMBEDDING_PARAMETER_PREFIXES, HEAD_PARAMETER_PREFIXES
 from .losses import DISTANCES, Distance, TokenWeights, resolve_token_weights, teacher_forcing_weight, trajectory_distance
 
 __all__ = [
@@ -42,13 +43,6 @@ STAGES = ("phase", "joint")
 OBJECTIVES = ("tf_ar", "ar", "tf")
 TEACHER_PRECISIONS = ("fp32", "bf16")
 
-# parameters of a timm ViT that a Raptor copies from its teacher and distillation keeps frozen by default
-EMBEDDING_PARAMETER_PREFIXES = (
-    "patch_embed.", "embeds.", "cls_token", "reg_token", "pos_embed", "norm_pre.", "rope.", "rel_pos_bias.",
-    "shared_rel_pos.")
-# final norm and head, and the parts of a family that run after the block stack (CaiT / XCiT class attention, SAM's neck)
-HEAD_PARAMETER_PREFIXES = (
-    "norm.", "fc_norm.", "head.", "attn_pool.", "blocks_token_only.", "cls_attn_blocks.", "neck.")
 
 
 def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> Optional[int]:

@@ -6,14 +6,24 @@ transformers ``model_type`` in :data:`HF_CONVERTERS`. :func:`convert_hf_model` d
 ``config.model_type``; ``raptor_zoo.load_teacher`` uses it for modules, folders and Hub repo ids, so a
 transformers teacher becomes a timm model of a family the Raptors already cover (``models/families.py``).
 """
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
-
-import torch
-from timm.models import register_model
-from torch import nn
+from . import beit, clip, dinov3, siglip2, vit  # noqa: F401  (each registers its family's converters)
+from .registry import (
+    HF_CONVERTERS,
+    HfConverter,
+    convert_hf_model,
+    describe_for_timm,
+    hf_activation,
+    hf_base_model,
+    hf_converter,
+    hf_hidden_states,
+    hf_model_class,
+    hf_model_type,
+    is_hf_teacher,
+    pair,
+    register_hf_converter,
+    transformers_vision_encoder,
+    vision_encoder,
+)
 
 __all__ = [
     "HfConverter",
@@ -32,189 +42,3 @@ __all__ = [
     "pair",
     "transformers_vision_encoder",
 ]
-
-TIMM_ARCH = "transformers_vision_encoder"
-"""timm architecture that rebuilds a converted teacher from its transformers config (config.json of its Raptors)."""
-
-
-@dataclass(frozen=True)
-class HfConverter:
-    """How models of some transformers ``model_type`` s become timm models with identical numerics."""
-
-    model_types: tuple[str, ...]
-    """``config.model_type`` values converted (a parent model such as ``clip`` converts its vision tower)."""
-    convert: Callable[[nn.Module], nn.Module]
-    """transformers model (base, ``*ForImageClassification`` or parent) -> timm model, eval, same device/dtype."""
-    data_config: Callable[[Any, tuple[int, int]], dict[str, Any]]
-    """(vision config, run size) -> timm ``data_config``: the family's image-processor defaults, used when the
-    folder or repo has no ``preprocessor_config.json``."""
-    set_run_size: Optional[Callable[[nn.Module, tuple[int, int]], None]] = None
-    """Make a converted model run at another size as transformers does (position grid resampled once);
-    None: the model runs at its config's ``image_size`` only."""
-    default_run_size: Optional[Callable[[tuple[int, int]], tuple[int, int]]] = None
-    """The size a teacher runs at when none is asked for, from the config's size (None: that size)."""
-    hidden_states: Optional[Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]] = None
-    """(model, normalised images [B, C, H, W]) -> transformers' own ``hidden_states`` for them, where the model
-    takes other inputs than ``pixel_values`` (e.g. patchified NaFlex input) or must be told not to mask;
-    None: the vision encoder called with ``pixel_values`` and ``output_hidden_states=True``."""
-
-
-HF_CONVERTERS: dict[str, HfConverter] = {}
-"""transformers ``model_type`` -> its converter."""
-
-
-def register_hf_converter(converter: HfConverter) -> HfConverter:
-    """Add ``converter`` under each of its model types."""
-    for model_type in converter.model_types:
-        HF_CONVERTERS[model_type] = converter
-    return converter
-
-
-def pair(size: Any) -> tuple[int, int]:
-    """A transformers ``image_size`` / ``patch_size`` (an int or a pair) as an (height, width) pair of ints."""
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def hf_model_type(module: Any) -> Optional[str]:
-    """``config.model_type`` of a transformers module or config (None for anything else)."""
-    config = getattr(module, "config", module)
-    model_type = getattr(config, "model_type", None)
-    return model_type if isinstance(model_type, str) else None
-
-
-def hf_converter(model_type: Optional[str]) -> HfConverter:
-    """The converter of ``model_type``; ValueError naming the supported types otherwise."""
-    if model_type not in HF_CONVERTERS:
-        raise ValueError(
-            f"transformers model_type {model_type!r} has no converter; supported: {', '.join(sorted(HF_CONVERTERS))}."
-        )
-    return HF_CONVERTERS[model_type]
-
-
-def is_hf_teacher(module: Any) -> bool:
-    """Whether ``module`` is a transformers model of a type raptor_zoo converts."""
-    return isinstance(module, nn.Module) and hf_model_type(module) in HF_CONVERTERS
-
-
-def hf_base_model(hf_model: nn.Module) -> nn.Module:
-    """The encoder of a transformers model: itself or its ``base_model`` (``*ForImageClassification``)."""
-    base = getattr(hf_model, "base_model", hf_model)
-    return base if isinstance(base, nn.Module) else hf_model
-
-
-# transformers `hidden_act` -> timm activation name computing the same function
-HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "silu": "silu",
-    "swish": "silu",
-    "relu": "relu",
-}
-
-
-def hf_activation(hidden_act: Any) -> str:
-    """The timm activation name computing transformers' ``hidden_act``; ValueError where there is none."""
-    if hidden_act not in HF_ACTIVATIONS:
-        raise ValueError(
-            f"hidden_act={hidden_act!r} has no exact timm equivalent; supported: {', '.join(HF_ACTIVATIONS)}."
-        )
-    return HF_ACTIVATIONS[hidden_act]
-
-
-def vision_encoder(hf_model: nn.Module) -> nn.Module:
-    """The module whose ``hidden_states`` a converted teacher reproduces: a parent model's ``vision_model`` (CLIP,
-    SigLIP, AIMv2), else the base model of a task wrapper, else the model itself."""
-    base = hf_base_model(hf_model)
-    if not hasattr(base, "embeddings") and hasattr(hf_model, "embeddings"):  # DINOv3ViTModel.base_model: its layers
-        base = hf_model
-    return getattr(base, "vision_model", base)
-
-
-@torch.no_grad()
-def hf_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """transformers' own per-layer states of ``hf_model``'s vision encoder for normalised images, stacked
-    ``[B, L + 1, N, D]``: what a converted teacher's ``trajectory(images)`` must equal."""
-    converter = hf_converter(hf_model_type(hf_model))
-    if converter.hidden_states is not None:
-        states = converter.hidden_states(hf_model, images)
-    else:
-        states = vision_encoder(hf_model)(pixel_values=images, output_hidden_states=True).hidden_states
-    return torch.stack(tuple(states), dim=1)
-
-
-def convert_hf_model(hf_model: nn.Module) -> nn.Module:
-    """A timm model computing exactly what ``hf_model``'s vision encoder computes (see each family's module)."""
-    return hf_converter(hf_model_type(hf_model)).convert(hf_model)
-
-
-def hf_model_class(config: Any) -> Any:
-    """The transformers class a config was saved from (``architectures[0]``, e.g. ``CLIPVisionModelWithProjection``,
-    ``DeiTForImageClassificationWithTeacher``) when transformers has it, else ``AutoModel``."""
-    import transformers
-
-    architectures = getattr(config, "architectures", None) or []
-    model_cls = getattr(transformers, architectures[0], None) if architectures else None
-    if isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel):
-        return model_cls
-    return transformers.AutoModel
-
-
-def describe_for_timm(model: nn.Module, hf_model: nn.Module) -> None:
-    """Record on a converted ``model`` how timm rebuilds it: architecture :data:`TIMM_ARCH` with the transformers
-    config as ``hf_config``, so a Raptor of this teacher saves a config.json that timm and raptor_zoo reload."""
-    config = hf_model.config.to_dict()
-    config.pop("_name_or_path", None)
-    pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=TIMM_ARCH)
-    id2label = getattr(hf_model.config, "id2label", None) or {}
-    label_names = [id2label[i] for i in sorted(id2label)]
-    if getattr(model, "num_classes", 0) == len(label_names) and label_names != [f"LABEL_{i}" for i in
-                                                                                range(len(label_names))]:
-        pretrained_cfg["label_names"] = tuple(label_names)  # the classifier's class names reach the Raptor's card
-    model.pretrained_cfg = pretrained_cfg
-    model.raptor_teacher_args = {"hf_config": config}
-
-
-@register_model
-def transformers_vision_encoder(
-        pretrained: bool = False,
-        *,
-        hf_config: dict[str, Any],
-        img_size: Any = None,
-        num_classes: Optional[int] = None,
-        global_pool: Optional[str] = None,
-        **kwargs: Any,
-) -> nn.Module:
-    """The timm model a transformers config converts into, random init: the teacher architecture of Raptors of
-    transformers teachers (weights come from the Raptor's checkpoint). ``img_size`` runs it at another size as
-    ``load_teacher`` did; ``num_classes`` / ``global_pool`` reset its classifier."""
-    if pretrained:
-        raise ValueError(f"{TIMM_ARCH} has no pretrained weights of its own; load the teacher with load_teacher().")
-    import transformers
-
-    hf_config = dict(hf_config)
-    config = transformers.AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
-    model_cls = hf_model_class(config)
-    hf_model = model_cls.from_config(config) if model_cls is transformers.AutoModel else model_cls._from_config(config)
-    converter = hf_converter(config.model_type)
-    model = converter.convert(hf_model.eval())
-    if img_size is not None:
-        size = pair(img_size)
-        from ..models.families import native_img_size
-
-        if size != native_img_size(model):
-            if converter.set_run_size is None:
-                raise ValueError(f"A converted {config.model_type} model runs at its config's image_size only.")
-            converter.set_run_size(model, size)
-    if num_classes is not None or global_pool is not None:
-        model.reset_classifier(model.num_classes if num_classes is None else num_classes, global_pool)
-    describe_for_timm(model, hf_model)
-    return model
-
-
-from . import vit  # noqa: E402,F401  (registers the converters)
-from . import siglip2  # noqa: E402,F401
-from . import beit  # noqa: E402,F401
-from . import dinov3  # noqa: E402,F401
-from . import clip  # noqa: E402,F401  (registers the converters)

@@ -26,7 +26,7 @@ from timm.layers import LayerNorm
 from timm.models.beit import Beit, RelativePositionBias
 from torch import nn
 
-from . import HfConverter, pair, register_hf_converter
+from .registry import HfConverter, pair, register_hf_converter
 
 __all__ = [
     "HF_BEIT_MODEL_TYPES",

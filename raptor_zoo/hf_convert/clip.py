@@ -54,7 +54,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..models.raptor_base import RaptorMixin
-from . import HfConverter, hf_activation, hf_model_type, register_hf_converter
+from .registry import HfConverter, hf_activation, hf_model_type, register_hf_converter
 from .vit import set_vit_run_size
 
 __all__ = [

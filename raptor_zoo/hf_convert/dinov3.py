@@ -27,7 +27,7 @@ from timm.layers import LayerNorm
 from timm.models.eva import Eva
 from torch import nn
 
-from . import HfConverter, pair, register_hf_converter
+from .registry import HfConverter, pair, register_hf_converter
 
 __all__ = [
     "HF_DINOV3_MODEL_TYPES",

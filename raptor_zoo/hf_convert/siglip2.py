@@ -36,7 +36,7 @@ from timm.layers import LayerNorm
 from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
 from torch import nn
 
-from . import HfConverter, hf_activation, register_hf_converter
+from .registry import HfConverter, hf_activation, register_hf_converter
 from .clip import SIGLIP_POOL_RENAMES
 
 __all__ = [

@@ -28,12 +28,14 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ..models.archs import DINOV2_RUN_SIZE
 from ..models.raptor_vit import cls_avg_pool
-from . import HfConverter, hf_activation, hf_base_model, pair, register_hf_converter
+from .registry import HfConverter, hf_activation, hf_base_model, pair, register_hf_converter
 
 __all__ = [
     "DINOV2_IMG_SIZE",
     "DINOV2_STORED_IMG_SIZE",
+    "dinov2_run_size",
     "HF_VIT_MODEL_TYPES",
     "ClsAvgVisionTransformer",
     "DistilledClsHeadVisionTransformer",
@@ -53,7 +55,7 @@ _NO_CLASS_TOKEN_MODEL_TYPES = ("ijepa",)
 # class token + distillation token, both with a position embedding (timm VisionTransformerDistilled)
 _DISTILLED_MODEL_TYPES = ("deit",)
 
-DINOV2_IMG_SIZE = 224
+DINOV2_IMG_SIZE = DINOV2_RUN_SIZE
 """Image size DINOv2 teachers run at by default: the paper's protocol (resize 256, centre crop 224)."""
 
 DINOV2_STORED_IMG_SIZE = 518
@@ -462,7 +464,7 @@ def _hf_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     return _vit_image_processor_data_config(config.num_channels, img_size)
 
 
-def _dinov2_run_size(native_size: tuple[int, int]) -> tuple[int, int]:
+def dinov2_run_size(native_size: tuple[int, int]) -> tuple[int, int]:
     """A DINOv2 checkpoint's stored 518 px grid runs at 224 (the paper's protocol); any other size is its own."""
     if native_size == (DINOV2_STORED_IMG_SIZE, DINOV2_STORED_IMG_SIZE):
         return DINOV2_IMG_SIZE, DINOV2_IMG_SIZE
@@ -474,7 +476,7 @@ register_hf_converter(HfConverter(
     convert=convert_hf_vit,
     data_config=_hf_data_config,
     set_run_size=set_vit_run_size,
-    default_run_size=_dinov2_run_size,
+    default_run_size=dinov2_run_size,
 ))
 def vit_mae_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """transformers' ViT-MAE encoder states of every patch in order: mask_ratio 0 and increasing ``noise``, so its

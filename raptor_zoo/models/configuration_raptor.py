@@ -21,6 +21,8 @@ from huggingface_hub.dataclasses import strict
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
 
+from .raptor_vit import convert_vit_args
+
 __all__ = ["RaptorConfig", "MIRRORED_MODEL_ARGS"]
 
 # RaptorConfig field -> RaptorVisionTransformer argument it mirrors, with the constructor's default
@@ -188,20 +190,23 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         return int((self.model_args or {}).get("relax_rank", 0) or 0)
 
     def timm_model_args(self, num_classes: int | None = None) -> dict[str, Any]:
-        """Complete JSON-able ``RaptorVisionTransformer`` arguments (``num_classes`` defaults to ``head_width``).
-
-        A Raptor of another family (model_args with ``teacher_arch``) gets its ``create_raptor`` arguments: its
-        own model_args with the schedule and drop path mirrored back.
-        """
+        """The Raptor's complete JSON-able description (``num_classes`` defaults to ``head_width``): its teacher
+        architecture (``teacher_arch``, ``teacher_args``), schedule and options, as ``raptor_timm.create_raptor``
+        takes them. A config built from RaptorConfig's own fields (or stored with the flat schema of earlier folders)
+        describes a timm VisionTransformer and is converted (``raptor_vit.convert_vit_args``)."""
         args = dict(self.model_args or {})
-        if "teacher_arch" in args:
-            args.update(block_schedule=list(self.block_schedule), drop_path_rate=self.drop_path_rate,
-                        num_classes=self.head_width if num_classes is None else num_classes)
-            return args
-        for field_name, (arg_name, _) in MIRRORED_MODEL_ARGS.items():
-            value = getattr(self, field_name)
-            args[arg_name] = list(value) if isinstance(value, tuple) else value
-        args["num_classes"] = self.head_width if num_classes is None else num_classes
+        num_classes = self.head_width if num_classes is None else num_classes
+        if "teacher_arch" not in args:
+            for field_name, (arg_name, _) in MIRRORED_MODEL_ARGS.items():
+                value = getattr(self, field_name)
+                args[arg_name] = list(value) if isinstance(value, tuple) else value
+            return dict(convert_vit_args(dict(args, num_classes=num_classes)), num_classes=num_classes)
+        args.update(block_schedule=list(self.block_schedule), drop_path_rate=self.drop_path_rate,
+                    num_classes=num_classes)
+        if self.block_type != "teacher":
+            args["block_type"] = self.block_type
+        if self.global_pool == "cls_avg":
+            args["global_pool"] = "cls_avg"
         return args
 
     def _timm_pretrained_cfg(self, num_classes: int) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import torch.nn as nn
 
 __all__ = [
     'FamilyAdapter', 'FAMILIES', 'family_of', 'residual_branches', 'relax_layers', 'TokenLayout', 'native_img_size',
-    'patch_size_of', 'in_chans_of', 'accepts_any_img_size',
+    'patch_size_of', 'in_chans_of', 'accepts_any_img_size', 'pair', 'patch_embedding', 'EMBEDDING_PARAMETER_PREFIXES',
+    'HEAD_PARAMETER_PREFIXES', 'attention_dropout', 'feature_grid', 'final_norm',
 ]
 
 
@@ -76,6 +77,10 @@ class FamilyAdapter:
     nhwc_states: bool = False
     notes: str = ''
     block_types: Tuple[str, ...] = field(default_factory=tuple)
+    state_only_blocks: bool = False
+    """Its blocks take the state alone (no RoPE, relative-position bias or grid argument per call)."""
+    any_img_size: bool = False
+    """Its models run at any image size without being built for it (NaFlex)."""
 
     def token_layout(self, model: nn.Module) -> TokenLayout:
         return self.layout(model)
@@ -96,7 +101,7 @@ FAMILIES: Tuple[FamilyAdapter, ...] = (
         'vit', ('VisionTransformer', 'VisionTransformerDistilled', 'RaptorVisionTransformer'),
         ('vision_transformer', 'deit', 'vision_transformer_hybrid', 'vitamin'),
         block_types=('Block', 'ResPostBlock', 'ParallelScalingBlock', 'DiffParallelScalingBlock',
-                     'ParallelThingsBlock')),
+                     'ParallelThingsBlock'), state_only_blocks=True),
     FamilyAdapter(
         'eva', ('Eva',), ('eva',),
         notes='EVA-02, EVA-CLIP, DINOv3 and Perception Encoder: RoPE reaches every step as the family passes it.',
@@ -111,11 +116,12 @@ FAMILIES: Tuple[FamilyAdapter, ...] = (
         block_types=('RelPosBlock', 'ResPostRelPosBlock')),
     FamilyAdapter(
         'sam', ('VisionTransformerSAM',), ('vision_transformer_sam',), finish=_sam_finish, nhwc_states=True,
+        state_only_blocks=True,
         notes='States are [B, H, W, D] inside the stack (flattened to tokens in trajectories); each shared block '
               'keeps the window / global attention of the teacher layer it was built from; the neck is the head.',
         block_types=('Block',)),
     FamilyAdapter(
-        'naflexvit', ('NaFlexVit',), ('naflexvit',),
+        'naflexvit', ('NaFlexVit',), ('naflexvit',), any_img_size=True,
         notes='Fixed-size image tensors; NaFlex patch dictionaries run through the same step views.',
         block_types=('Block', 'EvaBlock')),
     FamilyAdapter(
@@ -124,6 +130,7 @@ FAMILIES: Tuple[FamilyAdapter, ...] = (
         block_types=('XCABlock',)),
     FamilyAdapter(
         'cait', ('Cait',), ('cait',), finish=_class_attention_finish('blocks_token_only'), layout=_no_prefix_layout,
+        state_only_blocks=True,
         notes='The recurrent part is the self-attention stack; the class-attention blocks stay with the head.',
         block_types=('LayerScaleBlock',)),
 )
@@ -138,33 +145,40 @@ def family_of(model: nn.Module) -> Optional[FamilyAdapter]:
     return None
 
 
-def _pair(size: Any) -> Tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def pair(size: Any) -> Tuple[int, int]:
+    """An image / patch size (an int or a pair) as a (height, width) pair of ints."""
+    if isinstance(size, int):
+        return size, size
+    values = tuple(int(s) for s in size)
+    if len(values) != 2:
+        raise ValueError(f'a size is an int or a (height, width) pair; got {size!r}.')
+    return values
 
 
-def _patch_embedding(model: nn.Module) -> nn.Module:
+def patch_embedding(model: nn.Module) -> nn.Module:
+    """The module that turns an image into patch tokens (`patch_embed`; NaFlexVit's `embeds`)."""
     embedding = getattr(model, 'patch_embed', None)
-    return embedding if embedding is not None else model.embeds  # NaFlexVit
+    return embedding if embedding is not None else model.embeds
 
 
 def native_img_size(model: nn.Module) -> Tuple[int, int]:
     """The image size a timm model was built for (its patch embedding's, else its pretrained cfg's)."""
-    embedding = _patch_embedding(model)
+    embedding = patch_embedding(model)
     size = getattr(embedding, 'img_size', None) or getattr(embedding, 'default_img_size', None)
     if size is None:
         size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3, 224, 224))[1:]
-    return _pair(size)
+    return pair(size)
 
 
 def patch_size_of(model: nn.Module) -> Tuple[int, int]:
     """Input pixels per token side (a hybrid's CNN stem counts: image size / token grid)."""
-    embedding = _patch_embedding(model)
+    embedding = patch_embedding(model)
     img_size, grid_size = getattr(embedding, 'img_size', None), getattr(embedding, 'grid_size', None)
     if img_size is not None and grid_size is not None:
-        img_size, grid_size = _pair(img_size), _pair(grid_size)
+        img_size, grid_size = pair(img_size), pair(grid_size)
         if all(g > 0 and i % g == 0 for i, g in zip(img_size, grid_size)):
             return img_size[0] // grid_size[0], img_size[1] // grid_size[1]
-    return _pair(embedding.patch_size)
+    return pair(embedding.patch_size)
 
 
 def in_chans_of(model: nn.Module) -> int:
@@ -172,7 +186,7 @@ def in_chans_of(model: nn.Module) -> int:
     in_chans = getattr(model, 'in_chans', None)
     if isinstance(in_chans, int):
         return in_chans
-    proj = getattr(_patch_embedding(model), 'proj', None)
+    proj = getattr(patch_embedding(model), 'proj', None)
     if isinstance(proj, nn.Conv2d):
         return proj.in_channels
     return int((getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0])
@@ -180,7 +194,8 @@ def in_chans_of(model: nn.Module) -> int:
 
 def accepts_any_img_size(model: nn.Module) -> bool:
     """Whether the model runs at sizes other than its native one (dynamic size, or a family that always does)."""
-    return bool(getattr(model, 'dynamic_img_size', False)) or type(model).__name__ in ('NaFlexVit', 'RaptorNaFlexVit')
+    family = family_of(model)
+    return bool(getattr(model, 'dynamic_img_size', False)) or (family is not None and family.any_img_size)
 
 
 def residual_branches(block: nn.Module) -> List[Tuple[str, Tuple[int, ...]]]:
@@ -232,3 +247,34 @@ def relax_layers(block: nn.Module, targets: Sequence[str]) -> Dict[str, str]:
                 f'relax target {target!r} has no linear layer in {type(block).__name__} blocks (looked for '
                 f'{" or ".join("+".join(p) for p in _RELAX_CANDIDATES[target])}); pass relax_targets without it.')
     return layers
+
+
+# parameters a Raptor copies from its teacher in front of the block stack (embedding, tokens, position codes) and
+# after it (final norm, head, and what a family runs after the stack: CaiT / XCiT class attention, SAM's neck)
+EMBEDDING_PARAMETER_PREFIXES = (
+    'patch_embed.', 'embeds.', 'cls_token', 'reg_token', 'pos_embed', 'norm_pre.', 'rope.', 'rel_pos_bias.',
+    'shared_rel_pos.')
+HEAD_PARAMETER_PREFIXES = (
+    'norm.', 'fc_norm.', 'head.', 'attn_pool.', 'blocks_token_only.', 'cls_attn_blocks.', 'neck.')
+
+
+def attention_dropout(block: nn.Module) -> Optional[nn.Module]:
+    """The module the explicit-softmax attention of a block passes its probabilities through (timm's
+    `attn.attn_drop`, in every family's attention that has one), or None."""
+    attn = getattr(block, 'attn', None)
+    return getattr(attn, 'attn_drop', None)
+
+
+def feature_grid(model: nn.Module, height: int, width: int) -> Tuple[int, int]:
+    """The token grid of an image of `height` x `width` (timm's `dynamic_feat_size` where the patch embedding has it)."""
+    embedding = patch_embedding(model)
+    if hasattr(embedding, 'dynamic_feat_size'):
+        return tuple(embedding.dynamic_feat_size((height, width)))
+    patch = patch_size_of(model)
+    return height // patch[0], width // patch[1]
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm a family applies to its last state (`norm`; Identity where it has none, as SAM, whose neck finishes)."""
+    norm = getattr(model, 'norm', None)
+    return norm if isinstance(norm, nn.Module) else nn.Identity()

@@ -1,8 +1,8 @@
 """transformers image processor of a Raptor folder: timm's eval transform of the model's ``data_config``.
 
 ``preprocessor_config.json`` holds the timm data config itself (``input_size``, ``interpolation``, ``mean``,
-``std``, ``crop_pct``, ``crop_mode``) and ``RaptorImageProcessor`` runs ``raptor_zoo.data.build_transform`` on it
-(timm's ``create_transform``, eval mode: resize to ``size / crop_pct``, centre crop, normalise), so
+``std``, ``crop_pct``, ``crop_mode``) and ``RaptorImageProcessor`` runs timm's ``create_transform`` on it (eval
+mode: resize to ``size / crop_pct``, centre crop, normalise, as ``raptor_zoo.data.build_transform`` does), so
 ``AutoImageProcessor`` and the ``image-classification`` / ``image-feature-extraction`` pipelines see exactly the
 tensors timm and raptor_zoo's loaders give the model. transformers' own ``BitImageProcessor`` is close but not
 equal: its centre crop floors odd margins where torchvision rounds them (a one-pixel shift), and its default
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import transformers
-from timm.data import resolve_data_config
+from timm.data import create_transform, resolve_data_config
 from transformers import AutoImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_transforms import to_pil_image
@@ -123,9 +123,10 @@ class RaptorImageProcessor(BaseImageProcessor):
         if kwargs:
             raise TypeError(f"RaptorImageProcessor takes no preprocessing options {sorted(kwargs)}; "
                             f"{_FIXED_TRANSFORM}.")
-        from ..data import build_transform
-
-        transform = build_transform(self.data_config, is_training=False)
+        config = self.data_config
+        transform = create_transform(input_size=config["input_size"], is_training=False,
+                                     interpolation=config["interpolation"], mean=config["mean"], std=config["std"],
+                                     crop_pct=config["crop_pct"], crop_mode=config["crop_mode"])
         mode = "RGB" if self.input_size[0] == 3 else "L"
         pixels = [transform(to_pil_image(image).convert(mode)) for image in make_flat_list_of_images(images)]
         return BatchFeature({"pixel_values": torch.stack(pixels)}, tensor_type="pt")

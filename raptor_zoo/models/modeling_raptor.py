@@ -1,6 +1,6 @@
 """Raptor models for transformers: RaptorModel, RaptorForImageClassification, RaptorBackbone.
 
-``RaptorModel`` and ``RaptorBackbone`` wrap the nn core, a headless timm ``RaptorVisionTransformer``, stored as
+``RaptorModel`` and ``RaptorBackbone`` wrap the nn core, a headless timm Raptor of the teacher's family, stored as
 ``self.raptor``. ``RaptorForImageClassification`` is built on a ``RaptorModel`` (``self.raptor``, the
 ``base_model_prefix``) with timm's classifier ``self.head`` beside it, as transformers builds DINOv2's heads; its
 ``to_timm()`` gives the complete timm model (head included) sharing the same tensors.
@@ -49,9 +49,10 @@ from transformers.utils import ModelOutput
 
 from .attention_maps import attention_probs
 from .configuration_raptor import RaptorConfig
+from .families import attention_dropout, feature_grid, final_norm, patch_embedding
 from .raptor_base import RaptorMixin
 from .raptor_timm import raptor_from_model_args
-from .raptor_vit import DepthScale, RaptorVisionTransformer
+from .recurrent import DepthScale
 
 __all__ = [
     "RaptorPreTrainedModel",
@@ -82,12 +83,14 @@ class RaptorStep(GradientCheckpointingLayer):
             return core.forward_steps(hidden_states, step, step + 1), None
         block = core.unique_blocks[core.step_block_indices[step]]
         used_probs: list[torch.Tensor] = []
-        # the explicit-softmax branch of timm's Attention passes its probabilities through attn_drop
-        handle = block.attn.attn_drop.register_forward_hook(lambda module, args, output: used_probs.append(output))
+        dropout = attention_dropout(block)  # explicit-softmax attention passes its probabilities through it
+        handle = None if dropout is None else dropout.register_forward_hook(
+            lambda module, args, output: used_probs.append(output))
         try:
             next_states = core.forward_steps(hidden_states, step, step + 1)
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
         if used_probs:
             return next_states, used_probs[-1]
         return next_states, attention_probs(block, hidden_states, core.step_adapters(step))
@@ -108,7 +111,7 @@ class RaptorPreTrainedModel(PreTrainedModel):
 
     def _build_raptor(self, num_classes: int = 0) -> RaptorMixin:
         """The timm core, headless unless ``num_classes`` (a classifier head, when there is one, is the head class's
-        own module): a RaptorVisionTransformer, or the Raptor of another family (model_args with ``teacher_arch``)."""
+        own module): the Raptor of its teacher's family, built from config.json's model_args."""
         core = raptor_from_model_args(self.config.timm_model_args(num_classes=num_classes))
         for module in core.modules():
             if isinstance(module, DepthScale):
@@ -137,13 +140,12 @@ class RaptorPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif hasattr(module, "gamma") and hasattr(module, "init_values"):  # timm LayerScale
             init.constant_(module.gamma, module.init_values)
-        if isinstance(module, RaptorVisionTransformer):
-            if module.pos_embed is not None:
+        if isinstance(module, RaptorMixin):  # the tokens and position table a family keeps as bare parameters
+            if isinstance(getattr(module, "pos_embed", None), nn.Parameter):
                 init.trunc_normal_(module.pos_embed, std=std)
-            if module.cls_token is not None:
-                init.normal_(module.cls_token, std=1e-6)
-            if module.reg_token is not None:
-                init.normal_(module.reg_token, std=1e-6)
+            for name in ("cls_token", "reg_token"):
+                if isinstance(getattr(module, name, None), nn.Parameter):
+                    init.normal_(getattr(module, name), std=1e-6)
 
     @property
     def core(self) -> RaptorMixin:
@@ -151,8 +153,7 @@ class RaptorPreTrainedModel(PreTrainedModel):
         return self.raptor if isinstance(self.raptor, RaptorMixin) else self.raptor.core
 
     def get_input_embeddings(self) -> nn.Module:
-        core = self.core
-        return core.patch_embed if hasattr(core, "patch_embed") else core.embeds  # NaFlexVit: embeds
+        return patch_embedding(self.core)
 
     def _timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This model's state_dict with timm keys (the documented mapping, reversed)."""
@@ -382,13 +383,13 @@ class RaptorBackbone(BackboneMixin, RaptorPreTrainedModel):
             output_hidden_states, output_attentions, return_dict)
         _, hidden_states, attentions = self._trajectory(pixel_values, True, output_attentions)
         batch_size, _, height, width = pixel_values.shape
-        grid = self.raptor.patch_embed.dynamic_feat_size((height, width))
+        grid = feature_grid(self.raptor, height, width)
         feature_maps = ()
         for stage, state in zip(self.stage_names, hidden_states):
             if stage not in self.out_features:
                 continue
             if self.config.apply_layernorm:
-                state = self.raptor.norm(state)
+                state = final_norm(self.raptor)(state)
             if self.config.reshape_hidden_states:
                 state = state[:, self.raptor.num_prefix_tokens:]
                 state = state.reshape(batch_size, *grid, -1).permute(0, 3, 1, 2).contiguous()

@@ -14,48 +14,23 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from timm.layers import calculate_drop_path_rates
 
-from .hub_mixin import RaptorHubMixin
 from .families import (
-    FamilyAdapter, TokenLayout, family_of, in_chans_of, native_img_size, patch_size_of, relax_layers, residual_branches)
+    FAMILIES, FamilyAdapter, TokenLayout, family_of, in_chans_of, native_img_size, patch_size_of, relax_layers,
+    residual_branches)
+from .hub_mixin import RaptorHubMixin
 from .recurrent import (
     RELAX_TARGETS, CapturedBlockInputs, DepthScale, RecurrentBlocks, StepAdapters, StepContext, StepDropPath,
     StepLinear, StepView)
+from .schedule import middle_layers, phase_boundaries, validate_block_schedule
 
 __all__ = [
-    'RaptorMixin', 'make_recurrent', 'validate_block_schedule', 'even_block_schedule', 'check_relax_args',
-    'BlockType', 'InitMode', 'RelaxInit',
+    'RaptorMixin', 'make_recurrent', 'raptorize', 'raptor_class', 'check_relax_args', 'BlockType', 'InitMode',
+    'RelaxInit',
 ]
 
 BlockType = Literal['teacher', 'swiglu']
 InitMode = Literal['middle', 'first', 'mean', 'random']
 RelaxInit = Literal['svd', 'zeros']
-
-
-def validate_block_schedule(block_schedule: Sequence[int], depth: Optional[int] = None) -> Tuple[int, ...]:
-    """Check a schedule of repeat counts (every entry >= 1, summing to `depth` when given) and return it as a tuple."""
-    try:
-        schedule = tuple(int(n) for n in block_schedule)
-    except (TypeError, ValueError):
-        raise ValueError(f'block_schedule must be a sequence of positive ints, got {block_schedule!r}.') from None
-    if not schedule or any(n < 1 for n in schedule):
-        raise ValueError(f'block_schedule must be a non-empty sequence of repeat counts >= 1, got {schedule}.')
-    if depth is not None and sum(schedule) != depth:
-        raise ValueError(
-            f'block_schedule {schedule} sums to {sum(schedule)} block applications but the teacher has depth '
-            f'{depth}; the repeat counts must sum to the teacher depth (e.g. {even_block_schedule(depth, len(schedule))}).')
-    return schedule
-
-
-def check_k(depth: int, k: int) -> None:
-    if not 1 <= k <= depth:
-        raise ValueError(f'k={k} unique blocks is out of range for a teacher of depth {depth}; use 1 <= k <= {depth}.')
-
-
-def even_block_schedule(depth: int, k: int) -> Tuple[int, ...]:
-    """Split `depth` applications over k blocks as evenly as possible (largest remainder, earlier phases longer)."""
-    check_k(depth, k)
-    base, extra = divmod(depth, k)
-    return tuple(base + (1 if j < extra else 0) for j in range(k))
 
 
 def check_relax_args(relax_rank: int, relax_targets: Sequence[str]) -> Tuple[str, ...]:
@@ -74,10 +49,9 @@ def check_relax_args(relax_rank: int, relax_targets: Sequence[str]) -> Tuple[str
 def _require_family(model: nn.Module) -> FamilyAdapter:
     family = family_of(model)
     if family is None:
-        raise TypeError(
-            f'{type(model).__name__} is not a supported ViT family; raptor_zoo supports timm VisionTransformer '
-            '(vit, deit, hybrid, vitamin), Eva (EVA-02, EVA-CLIP, DINOv3, PE), Beit, VisionTransformerRelPos, '
-            'VisionTransformerSAM, NaFlexVit, Xcit and Cait models (see docs/teachers.md).')
+        supported = ', '.join(name for family in FAMILIES for name in family.class_names if not name.startswith('Raptor'))
+        raise TypeError(f'{type(model).__name__} is not a supported ViT family; raptor_zoo supports timm {supported} '
+                        'models (see docs/teachers.md).')
     return family
 
 
@@ -152,10 +126,110 @@ def make_recurrent(
     model.family_name = family.name
 
 
+def raptor_class(model_cls: type) -> type:
+    """The Raptor class of a timm model class: its family's (RaptorEva for Eva, ...), or a Raptor subclass of its own
+    for a subclass of a family class (made once, named Raptor<Class>)."""
+    if issubclass(model_cls, RaptorMixin):
+        return model_cls
+    if model_cls not in RaptorMixin._raptor_classes:
+        family_base = next((base for base in model_cls.__mro__[1:] if base in RaptorMixin._raptor_classes), None)
+        if family_base is None:
+            raise TypeError(f'{model_cls.__name__} is not a model class of a supported timm ViT family.')
+        name = f'Raptor{model_cls.__name__}'
+        # the family Raptor's own methods first (e.g. RaptorVisionTransformer's cls_avg pooling), then the subclass's
+        RaptorMixin._raptor_classes[model_cls] = type(
+            name, (RaptorMixin._raptor_classes[family_base], model_cls),
+            {'__module__': model_cls.__module__, '__doc__': f'Raptor of {model_cls.__name__}.'})
+    return RaptorMixin._raptor_classes[model_cls]
+
+
+def _check_patch_grid(model: nn.Module) -> None:
+    """Refuse an image size the patches do not tile (timm would drop the last pixels silently)."""
+    embedding = getattr(model, 'patch_embed', None)
+    if embedding is None or getattr(embedding, 'dynamic_img_pad', False):
+        return
+    size, patch = native_img_size(model), getattr(embedding, 'patch_size', None)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch or size)
+    if any(s % p for s, p in zip(size, patch)):
+        raise ValueError(
+            f'img_size {size} is not divisible by patch_size {patch}; use a multiple of the patch size '
+            f'(e.g. {tuple(s // p * p for s, p in zip(size, patch))}) or dynamic_img_pad=True.')
+
+
+def raptorize(
+        model: nn.Module,
+        block_schedule: Sequence[int],
+        unique_layers: Optional[Sequence[int]] = None,
+        t_scale: bool = True,
+        drop_path_rate: float = 0.,
+        relax_rank: int = 0,
+        relax_targets: Sequence[str] = RELAX_TARGETS,
+) -> 'RaptorMixin':
+    """Turn a timm model of depth L into its family's Raptor in place (the one conversion every Raptor goes through):
+    layer `unique_layers[j]` (default: the middle layer of phase j) becomes shared block j, applied on
+    `block_schedule`; the model's class becomes its family's Raptor class."""
+    _require_family(model)
+    _check_patch_grid(model)
+    depth = len(model.blocks)
+    schedule = validate_block_schedule(block_schedule, depth)
+    unique_layers = list(unique_layers) if unique_layers is not None else middle_layers(schedule)
+    if len(unique_layers) != len(schedule) or not all(0 <= i < depth for i in unique_layers):
+        raise ValueError(f'unique_layers {list(unique_layers)} must name one teacher layer (0..{depth - 1}) per '
+                         f'block of block_schedule {schedule}.')
+    blocks = [model.blocks[i] for i in unique_layers]
+    model.blocks = nn.ModuleList()
+    if not isinstance(model, RaptorMixin):
+        model.__class__ = raptor_class(type(model))
+    make_recurrent(model, blocks, schedule, t_scale=t_scale, drop_path_rate=drop_path_rate, relax_rank=relax_rank,
+                   relax_targets=relax_targets)
+    model.raptor_meta = getattr(model, 'raptor_meta', None) or {}
+    return model
+
+
 class RaptorMixin(RaptorHubMixin):
     """The Raptor surface on top of a family's model class whose `blocks` is a RecurrentBlocks (and the model-level
-    save_pretrained / push_to_hub / from_pretrained of RaptorHubMixin)."""
+    save_pretrained / push_to_hub / from_pretrained of RaptorHubMixin).
+
+    Constructed directly, a Raptor class builds its family's model at depth L = sum(block_schedule) from the family's
+    own keyword arguments and converts it (:func:`raptorize`), as every Raptor is built; its `model_args` (what
+    config.json stores) name the family class and those arguments.
+    """
     blocks: RecurrentBlocks
+    model_args: Optional[Dict[str, Any]]
+    _raptor_classes: Dict[type, type] = {}  # family model class -> its Raptor class (every subclass registers)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        family_base = next((base for base in cls.__bases__ if not issubclass(base, RaptorMixin)), None)
+        if family_base is not None:
+            RaptorMixin._raptor_classes.setdefault(family_base, cls)
+
+    def __init__(
+            self,
+            block_schedule: Sequence[int] = (7, 5),
+            unique_layers: Optional[Sequence[int]] = None,
+            t_scale: bool = True,
+            drop_path_rate: float = 0.,
+            relax_rank: int = 0,
+            relax_targets: Sequence[str] = RELAX_TARGETS,
+            **family_kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            block_schedule: repeat count of each unique block; its length is k, its sum the depth L.
+            unique_layers: the layer (0-based, of the L the family builds) each shared block is taken from; default
+                the middle layer of each phase (it matters where layers differ, e.g. SAM's global-attention layers).
+            t_scale: depth-scaling gates fed the absolute layer index (zero-initialised: identity at start).
+            drop_path_rate: stochastic depth, ramped linearly over the L unrolled applications.
+            relax_rank: rank r of per-step low-rank adapters (0 = pure Raptor).
+            relax_targets: linear layers the adapters relax, from ('qkv', 'proj', 'fc1', 'fc2').
+            **family_kwargs: the family model's own arguments (img_size, embed_dim, num_heads, ...), except depth.
+        """
+        schedule = validate_block_schedule(block_schedule, family_kwargs.pop('depth', None))
+        relax_targets = check_relax_args(relax_rank, relax_targets)
+        super().__init__(depth=sum(schedule), **family_kwargs)
+        raptorize(self, schedule, unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate, relax_rank=relax_rank,
+                  relax_targets=relax_targets)
 
     # ------------------------------------------------------------------ schedule
 
@@ -197,10 +271,7 @@ class RaptorMixin(RaptorHubMixin):
     @property
     def phase_boundaries(self) -> Tuple[int, ...]:
         """Cumulative phase ends (0, b_1, ..., L): phase j produces layers b_{j-1}+1 .. b_j."""
-        ends = [0]
-        for n in self.block_schedule:
-            ends.append(ends[-1] + n)
-        return tuple(ends)
+        return phase_boundaries(self.block_schedule)
 
     @property
     def family(self) -> FamilyAdapter:
@@ -274,7 +345,7 @@ class RaptorMixin(RaptorHubMixin):
     def _step_calls(self, x: torch.Tensor) -> Optional[List[Tuple[Tuple[Any, ...], Dict[str, Any]]]]:
         """The family's per-step block arguments for a state like x (RoPE, relative-position bias, grid), read
         off its forward on a blank image of the matching size; None when its blocks take the state alone."""
-        if self.family.name in ('vit', 'cait', 'sam'):
+        if self.family.state_only_blocks:
             return None
         tokens = self.family.to_tokens(x)
         grid = self._grid_size(tokens.shape[1])

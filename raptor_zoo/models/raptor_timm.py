@@ -1,45 +1,50 @@
-""" Raptors of every supported timm ViT family, and `from_teacher` for all of them
+""" Every Raptor, built one way: the family Raptor classes, `create_raptor`, and the registered architectures
 
-One Raptor class per timm family (`RaptorEva`, `RaptorBeit`, `RaptorCait`, ...): the family's own model class with
-the Raptor surface of `RaptorMixin`; its `blocks` is a RecurrentBlocks. `RaptorVisionTransformer` (raptor_vit.py) is
-the VisionTransformer instance of the same design.
+A Raptor is described by its teacher's architecture (config.json's model_args): `teacher_arch` (a timm model name,
+or the name of a supported timm model class such as 'VisionTransformer'), `teacher_args` (the arguments it is built
+with), `block_schedule`, `unique_layers` (the teacher layer each shared block was built from, so per-layer
+settings such as SAM's global-attention layers carry over), and the Raptor's own options (t_scale, drop_path_rate,
+relax_rank / relax_targets, block_type 'swiglu', global_pool 'cls_avg'). `create_raptor` builds every Raptor from
+that description: the teacher architecture at depth L, converted by `raptor_base.raptorize`. Folders saved with the
+flat schema of earlier versions (RaptorVisionTransformer's own arguments) are converted on load
+(`raptor_vit.convert_vit_args`), as timm converts checkpoints.
 
-A Raptor of a non-ViT family is described by its teacher architecture: config.json's model_args hold
-`teacher_arch` (a timm name), `teacher_args`, `block_schedule` and `unique_layers` (the teacher layer each shared
-block was built from, so per-layer settings such as SAM's global-attention layers carry over), and
-`timm.create_model('raptor_timm', **model_args)` rebuilds it. Registered archs for the frontier teachers
-(`raptor_<teacher>_k{2,3,4}`: DINOv3, EVA-02, Perception Encoder, SigLIP) use the paper's phases scaled to depth.
+One Raptor class per timm family (`RaptorVisionTransformer` in raptor_vit.py, `RaptorEva`, `RaptorBeit`, ...): the
+family's own model class with the Raptor surface of `RaptorMixin`. The registered architectures (one table,
+`archs.REGISTERED_RAPTOR_ARCHS`) and the generic `raptor_vit` / `raptor_timm` (every argument from model_args) are
+registered with timm at the bottom, through one entrypoint factory.
 """
 import copy
-import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+import json
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.beit import Beit
 from timm.models.cait import Cait
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva
 from timm.models.naflexvit import NaFlexVit
-from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 from timm.models.xcit import Xcit
 
+from .archs import RAPTOR_TIMM_ARCHS, REGISTERED_RAPTOR_ARCHS
 from .families import family_of, relax_layers
-from .raptor_base import (
-    BlockType, InitMode, RaptorMixin, RelaxInit, check_k, check_relax_args, even_block_schedule, make_recurrent,
-    validate_block_schedule)
-from .raptor_vit import (
-    PAPER_PHASE_BOUNDARIES, RaptorVisionTransformer, _cfg, scaled_paper_schedule, vit_args_from_model)
+from .raptor_base import BlockType, InitMode, RaptorMixin, check_relax_args, raptor_class, raptorize
+from .raptor_vit import SWIGLU_BLOCK_ARGS, RaptorVisionTransformer, split_layer_args, checkpoint_filter_fn, \
+    convert_vit_args, vit_args_from_model
 from .recurrent import RELAX_TARGETS
+from .schedule import middle_layers, validate_block_schedule
 
 __all__ = [
     'RaptorEva', 'RaptorBeit', 'RaptorVisionTransformerRelPos', 'RaptorVisionTransformerSAM', 'RaptorNaFlexVit',
     'RaptorXcit', 'RaptorCait', 'RaptorVisionTransformerDistilled', 'raptor_class', 'create_raptor',
-    'raptor_from_teacher', 'raptor_from_model_args', 'middle_layers', 'RAPTOR_TIMM_ARCHS', 'FRONTIER_TEACHERS',
+    'raptor_from_model_args', 'build_teacher_model', 'raptor_of_teacher_model', 'describe_teacher', 'middle_layers',
+    'RAPTOR_OVERRIDES', 'REGISTERED_RAPTOR_ARCHS', 'RAPTOR_TIMM_ARCHS',
 ]
 
 
@@ -75,78 +80,14 @@ class RaptorVisionTransformerDistilled(RaptorMixin, VisionTransformerDistilled):
     """Raptor of timm's distilled DeiT (class and distillation tokens)."""
 
 
-_RAPTOR_CLASSES: Dict[type, type] = {
-    VisionTransformer: RaptorVisionTransformer,
-    VisionTransformerDistilled: RaptorVisionTransformerDistilled,
-    Eva: RaptorEva,
-    Beit: RaptorBeit,
-    VisionTransformerRelPos: RaptorVisionTransformerRelPos,
-    VisionTransformerSAM: RaptorVisionTransformerSAM,
-    NaFlexVit: RaptorNaFlexVit,
-    Xcit: RaptorXcit,
-    Cait: RaptorCait,
-}
-
-
-def raptor_class(model_cls: Type[nn.Module]) -> Type[RaptorMixin]:
-    """The Raptor class of a timm model class (its family's; a subclass gets a Raptor subclass of its own)."""
-    if issubclass(model_cls, RaptorMixin):
-        return model_cls
-    if model_cls in _RAPTOR_CLASSES:
-        return _RAPTOR_CLASSES[model_cls]
-    for base in model_cls.__mro__[1:]:
-        if base in _RAPTOR_CLASSES:
-            name = f'Raptor{model_cls.__name__}'
-            cls = type(name, (RaptorMixin, model_cls), {'__module__': __name__, '__doc__': f'Raptor of {name[6:]}.'})
-            globals()[name] = _RAPTOR_CLASSES[model_cls] = cls
-            return cls
-    raise TypeError(f'{model_cls.__name__} is not a model class of a supported timm ViT family.')
-
-
-def middle_layers(block_schedule: Sequence[int], init: str = 'middle') -> List[int]:
-    """The teacher layer (0-based) each shared block is built from: the phase's lower median ('middle') or first."""
-    layers, start = [], 0
-    for repeats in block_schedule:
-        layers.append(start + ((repeats - 1) // 2 if init == 'middle' else 0))
-        start += repeats
-    return layers
-
-
 def _json_value(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
+    return json.loads(json.dumps(value, default=list))
 
 
-def _raptorize(
-        model: nn.Module,
-        block_schedule: Tuple[int, ...],
-        unique_layers: Sequence[int],
-        t_scale: bool,
-        drop_path_rate: float,
-        relax_rank: int,
-        relax_targets: Sequence[str],
-        model_args: Optional[Dict[str, Any]],
-) -> RaptorMixin:
-    """Turn a timm model of depth L into its family's Raptor in place: layer unique_layers[j] becomes block j."""
-    if family_of(model) is None:
-        raise TypeError(f'{type(model).__name__} is not a supported timm ViT family (see docs/teachers.md).')
-    depth = len(model.blocks)
-    schedule = validate_block_schedule(block_schedule, depth)
-    if len(unique_layers) != len(schedule) or not all(0 <= i < depth for i in unique_layers):
-        raise ValueError(f'unique_layers {list(unique_layers)} must name one teacher layer (0..{depth - 1}) per '
-                         f'block of block_schedule {schedule}.')
-    blocks = [model.blocks[i] for i in unique_layers]
-    model.blocks = nn.ModuleList()
-    model.__class__ = raptor_class(type(model))
-    make_recurrent(model, blocks, schedule, t_scale=t_scale, drop_path_rate=drop_path_rate,
-                   relax_rank=relax_rank, relax_targets=relax_targets)
-    model.model_args = model_args
-    model.raptor_meta = {}
-    model.block_type = 'teacher'
-    return model
+def _teacher_class(name: str) -> Optional[type]:
+    """The timm model class a ``teacher_arch`` class name means ('VisionTransformer', 'Eva', ...), or None."""
+    return next((cls for cls in RaptorMixin._raptor_classes if cls.__name__ == name and cls.__module__.startswith(
+        'timm.')), None)
 
 
 def create_raptor(
@@ -158,148 +99,121 @@ def create_raptor(
         drop_path_rate: float = 0.,
         relax_rank: int = 0,
         relax_targets: Sequence[str] = RELAX_TARGETS,
+        block_type: BlockType = 'teacher',
+        global_pool: Optional[str] = None,
         **teacher_kwargs: Any,
 ) -> RaptorMixin:
-    """A randomly initialised Raptor of the timm architecture `teacher_arch` (any supported family).
+    """A (randomly initialised) Raptor of the teacher architecture ``teacher_arch``: the one construction path.
 
-    `teacher_args` (and any other keyword, e.g. num_classes / img_size from timm's builder) go to
-    `timm.create_model(teacher_arch, ...)`; block j is built at teacher layer `unique_layers[j]` (default: the
-    middle layer of phase j).
+    The teacher is built at depth L = sum(block_schedule) with ``teacher_args`` (any other keyword, e.g. num_classes
+    / img_size from timm's builder, joins them) and converted: layer ``unique_layers[j]`` (default: the middle layer
+    of phase j) becomes shared block j. ``block_type='swiglu'`` builds a ViT teacher's blocks as the paper's SwiGLU
+    blocks; ``global_pool='cls_avg'`` sets RaptorVisionTransformer's cls + mean-patch head.
     """
-    teacher_args = dict(teacher_args or {}, **teacher_kwargs)
-    teacher_args.pop('pretrained_cfg', None)
-    teacher_args.pop('pretrained_cfg_overlay', None)
-    if not timm.is_model(teacher_arch):
-        raise ValueError(f'Unknown timm teacher architecture {teacher_arch!r}; see timm.list_models().')
-    model = timm.create_model(teacher_arch, pretrained=False, **teacher_args)
-    schedule = validate_block_schedule(block_schedule, len(model.blocks))
-    unique_layers = list(unique_layers) if unique_layers is not None else middle_layers(schedule)
+    teacher_args = {key: value for key, value in dict(teacher_args or {}, **teacher_kwargs).items()
+                    if key not in ('pretrained_cfg', 'pretrained_cfg_overlay')}
+    schedule = validate_block_schedule(block_schedule)
     relax_targets = check_relax_args(relax_rank, relax_targets)
+    if block_type not in ('teacher', 'swiglu'):
+        raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {block_type!r}.")
+    unique_layers = list(unique_layers) if unique_layers is not None else middle_layers(schedule)
+    options = dict(unique_layers=unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate, relax_rank=relax_rank,
+                   relax_targets=relax_targets)
+    teacher_class = _teacher_class(teacher_arch)
+    if teacher_class is not None:
+        cls = raptor_class(teacher_class)
+        vit_options = dict(block_type=block_type) if issubclass(cls, RaptorVisionTransformer) else {}
+        if block_type != 'teacher' and not vit_options:
+            raise ValueError(f"block_type={block_type!r} needs a VisionTransformer teacher; {teacher_arch} Raptors use "
+                             "the teacher's own block (block_type='teacher').")
+        model = cls(block_schedule=schedule, **options, **vit_options, **teacher_args)
+    elif timm.is_model(teacher_arch):
+        swiglu = SWIGLU_BLOCK_ARGS if block_type == 'swiglu' else {}
+        depth = dict(depth=sum(schedule)) if 'depth' not in teacher_args else {}  # the schedule's, when not given
+        model = raptorize(timm.create_model(teacher_arch, pretrained=False, **teacher_args, **depth, **swiglu),
+                          schedule, **options)
+        if block_type == 'swiglu' and not isinstance(model, RaptorVisionTransformer):
+            raise ValueError(f"block_type='swiglu' needs a VisionTransformer teacher; {teacher_arch} Raptors use the "
+                             "teacher's own block (block_type='teacher').")
+        model.block_type = block_type
+    else:
+        raise ValueError(f'Unknown timm teacher architecture {teacher_arch!r}; see timm.list_models() (or name a timm '
+                         'model class such as VisionTransformer).')
+    if global_pool is not None:
+        model.reset_classifier(model.num_classes, global_pool)
     model_args: Dict[str, Any] = dict(
         teacher_arch=teacher_arch, teacher_args=_json_value(teacher_args), block_schedule=list(schedule),
         unique_layers=unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate)
+    if block_type != 'teacher':
+        model_args['block_type'] = block_type
+    if global_pool is not None:
+        model_args['global_pool'] = global_pool
     if relax_rank:
         model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
-    return _raptorize(model, schedule, unique_layers, t_scale, drop_path_rate, relax_rank, relax_targets, model_args)
+    model.model_args = model_args
+    return model
+
+
+def build_teacher_model(model_args: Dict[str, Any]) -> nn.Module:
+    """The (randomly initialised) teacher architecture a Raptor's model_args describe, at its depth L: what its FLOPs
+    and parameters are compared with."""
+    model_args = convert_vit_args(model_args)
+    teacher_args = dict(model_args.get('teacher_args') or {})
+    for key in ('num_classes', 'img_size'):
+        if key in model_args:
+            teacher_args[key] = model_args[key]
+    depth = sum(model_args['block_schedule'])
+    teacher_class = _teacher_class(model_args['teacher_arch'])
+    if teacher_class is None:
+        return timm.create_model(model_args['teacher_arch'], pretrained=False, **teacher_args)
+    if issubclass(raptor_class(teacher_class), RaptorVisionTransformer):
+        teacher_args = split_layer_args(teacher_args)[0]
+    return teacher_class(depth=depth, **teacher_args)
 
 
 def raptor_from_model_args(model_args: Dict[str, Any]) -> RaptorMixin:
-    """The Raptor a model_args dict describes (config.json): create_raptor for a teacher architecture, else
-    RaptorVisionTransformer's own arguments."""
-    if 'teacher_arch' in model_args:
-        return create_raptor(**model_args)
-    return RaptorVisionTransformer(**model_args)
+    """The Raptor a model_args dict describes (config.json; the flat schema of earlier folders converted first)."""
+    return create_raptor(**convert_vit_args(model_args))
 
 
-def _teacher_arch(model: nn.Module) -> Optional[str]:
-    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
-    return arch if arch and timm.is_model(arch) else None
-
-
+# what from_teacher may change of the teacher's architecture: everything else is the teacher's
+RAPTOR_OVERRIDES = ('num_classes', 'global_pool', 't_scale', 'drop_path_rate')
 _PLAIN_VIT_CLASSES = ('VisionTransformer', 'ClsAvgVisionTransformer', 'RaptorVisionTransformer')
 
 
-def _plain_vit_args(model: nn.Module) -> Optional[Dict[str, Any]]:
-    """RaptorVisionTransformer arguments for a teacher that timm's plain ViT arguments describe, else None.
-
-    The arguments must rebuild the teacher's tensors (checked on the meta device): hybrid CNN stems, BEiT-3's
-    inner norms or other embeddings fall through to the family path, a copy of the teacher itself.
-    """
-    if not isinstance(model, VisionTransformer) or type(model).__name__ not in _PLAIN_VIT_CLASSES:
-        return None
-    try:
-        args = vit_args_from_model(model)
-        with torch.device('meta'):
-            rebuilt = RaptorVisionTransformer(block_schedule=(1,), **args)
-    except (TypeError, ValueError):
-        return None
-    rebuilt_shapes = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items() if not k.startswith('head.')
-                      and 'depth_scale' not in k}
-    teacher_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith('head.')
-                      and (not k.startswith('blocks.') or k.startswith('blocks.0.'))}
-    return args if rebuilt_shapes == teacher_shapes else None
-
-
-def _resolve_schedule(
-        teacher: Any,
-        k: Optional[int],
-        block_schedule: Optional[Union[Sequence[int], str]],
-        images: Optional[Any],
-        phase_kwargs: Dict[str, Any],
-) -> Tuple[Tuple[int, ...], Dict[str, Any]]:
-    """Schedule and its provenance for from_teacher: explicit > discovered on images > even split."""
-    depth = teacher.depth
-    if block_schedule is not None and not isinstance(block_schedule, str):
-        schedule = validate_block_schedule(block_schedule, depth)
-        if k is not None and k != len(schedule):
-            raise ValueError(f'k={k} disagrees with block_schedule {schedule} of length {len(schedule)}; pass '
-                             f'k={len(schedule)} or leave k out.')
-        return schedule, {'schedule_source': 'given'}
-    if isinstance(block_schedule, str) and block_schedule != 'auto':
-        raise ValueError(f"block_schedule must be a sequence of repeat counts or 'auto', got {block_schedule!r}.")
-    k = 2 if k is None and block_schedule == 'auto' else k
-    if k is None:
-        raise ValueError("Pass k, block_schedule, or block_schedule='auto' with images.")
-    check_k(depth, k)
-    if images is None:
-        if block_schedule == 'auto':
-            raise ValueError("block_schedule='auto' needs images for phase discovery (pass images=...).")
-        schedule = even_block_schedule(depth, k)
-        warnings.warn(
-            f'No images given for phase discovery: splitting the {depth} layers evenly as {schedule}. '
-            'Pass images=... (or an explicit block_schedule) for measured phases.', stacklevel=4)
-        return schedule, {'schedule_source': 'even'}
-    from ..phases import discover
-    result = discover(teacher, images, k=k, **phase_kwargs)
-    meta = {
-        'schedule_source': 'measured', 'phase_metric': result.metric, 'phase_algorithm': result.algorithm,
-        'phase_num_images': result.num_images, 'phases': result.to_dict(),
-    }
-    return tuple(result.block_schedule), meta
-
-
-_FAMILY_OVERRIDES = ('num_classes', 'global_pool', 't_scale', 'drop_path_rate')
-
-
-def _raptor_of_teacher_model(
-        teacher_model: nn.Module,
-        schedule: Tuple[int, ...],
-        init: str,
-        relax_rank: int,
-        relax_targets: Sequence[str],
-        overrides: Dict[str, Any],
-) -> RaptorMixin:
-    """A Raptor of any supported family: a copy of the teacher (its architecture and weights), blocks shared."""
-    unknown = sorted(set(overrides) - set(_FAMILY_OVERRIDES))
-    if unknown:
-        raise ValueError(
-            f'{unknown} cannot be overridden for a {type(teacher_model).__name__} teacher; its Raptor keeps the '
-            f"teacher's architecture (overridable: {list(_FAMILY_OVERRIDES)}).")
-    model = copy.deepcopy(teacher_model).train().requires_grad_(True)
-    unique_layers = middle_layers(schedule, 'first' if init == 'first' else 'middle')
-    arch = _teacher_arch(teacher_model)
-    model_args = None
-    t_scale = overrides.get('t_scale', True)
-    drop_path_rate = overrides.get('drop_path_rate', 0.)
-    if 'num_classes' in overrides or 'global_pool' in overrides:
-        model.reset_classifier(overrides.get('num_classes', model.num_classes), overrides.get('global_pool'))
-    if arch is not None:
-        teacher_args: Dict[str, Any] = _json_value(dict(getattr(teacher_model, 'raptor_teacher_args', None) or {}))
-        teacher_args['num_classes'] = model.num_classes
-        if overrides.get('global_pool') is not None:
-            teacher_args['global_pool'] = overrides['global_pool']
-        img_size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+def describe_teacher(teacher_model: nn.Module) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(teacher_arch, teacher_args) that rebuild a teacher module's architecture (its tensors, checked on the meta
+    device), or None: the timm architecture it was created as (``pretrained_cfg['architecture']`` and the arguments
+    ``load_teacher`` recorded), else for a plain timm VisionTransformer the arguments read off it."""
+    descriptions = []
+    arch = (getattr(teacher_model, 'pretrained_cfg', None) or {}).get('architecture')
+    if arch and timm.is_model(arch):
+        teacher_args = dict(getattr(teacher_model, 'raptor_teacher_args', None) or {})
+        img_size = getattr(getattr(teacher_model, 'patch_embed', None), 'img_size', None)
         if img_size is not None:
             teacher_args.setdefault('img_size', list(img_size))
-        model_args = dict(
-            teacher_arch=arch, teacher_args=teacher_args, block_schedule=list(schedule), unique_layers=unique_layers,
-            t_scale=t_scale, drop_path_rate=drop_path_rate)
-        if relax_rank:
-            model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
-    raptor = _raptorize(model, schedule, unique_layers, t_scale, drop_path_rate, relax_rank, relax_targets, model_args)
-    if model_args is not None and not _rebuilds(raptor, model_args):
-        raptor.model_args = None  # saving says why; the Raptor itself is complete
-    return raptor
+        descriptions.append((arch, _json_value(teacher_args)))
+    if type(teacher_model).__name__ in _PLAIN_VIT_CLASSES:
+        try:
+            args = vit_args_from_model(teacher_model)
+        except TypeError:
+            args = None
+        if args is not None:
+            with torch.device('meta'):
+                rebuilt = RaptorVisionTransformer(block_schedule=(len(teacher_model.blocks),), **args)
+            descriptions.append(('VisionTransformer', rebuilt.model_args['teacher_args']))
+    expected = {key: tuple(value.shape) for key, value in teacher_model.state_dict().items()}
+    for teacher_arch, teacher_args in descriptions:
+        model_args = dict(teacher_arch=teacher_arch, teacher_args=teacher_args,
+                          block_schedule=[len(teacher_model.blocks)])
+        try:
+            with torch.device('meta'):
+                rebuilt = build_teacher_model(model_args)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if {key: tuple(value.shape) for key, value in rebuilt.state_dict().items()} == expected:
+            return teacher_arch, teacher_args
+    return None
 
 
 def _rebuilds(raptor: nn.Module, model_args: Dict[str, Any]) -> bool:
@@ -321,118 +235,112 @@ def _reset_block(block: nn.Module) -> None:
             module.reset_parameters()
 
 
-def raptor_from_teacher(
-        teacher: Any,
-        k: Optional[int] = None,
-        block_schedule: Optional[Union[Sequence[int], str]] = None,
-        images: Optional[Any] = None,
+def raptor_of_teacher_model(
+        teacher_model: nn.Module,
+        block_schedule: Sequence[int],
         block_type: BlockType = 'teacher',
-        init: Optional[InitMode] = None,
-        phase_kwargs: Optional[Dict[str, Any]] = None,
+        init: InitMode = 'middle',
         relax_rank: int = 0,
-        relax_init: RelaxInit = 'svd',
         relax_targets: Sequence[str] = RELAX_TARGETS,
-        **kwargs: Any,
+        **overrides: Any,
 ) -> RaptorMixin:
-    """A Raptor of any supported teacher, initialised from it (arguments as `RaptorVisionTransformer.from_teacher`).
-
-    Plain timm ViT teachers give a `RaptorVisionTransformer` built from its arguments; any other supported
-    family gives its own Raptor class (`RaptorEva`, `RaptorBeit`, ...), a copy of the teacher with its block
-    stack replaced by the k shared blocks.
-    """
-    from ..teachers import Teacher, load_teacher  # teachers import timm/transformers adapters lazily
-
-    teacher = teacher if isinstance(teacher, Teacher) else load_teacher(teacher)
-    init = init or ('middle' if block_type == 'teacher' else 'random')
-    if init not in ('middle', 'first', 'mean', 'random'):
-        raise ValueError(f"init must be one of 'middle', 'first', 'mean', 'random', got {init!r}.")
-    if block_type not in ('teacher', 'swiglu'):
-        raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {block_type!r}.")
-    if block_type == 'swiglu' and init != 'random':
-        raise ValueError("block_type='swiglu' blocks have no teacher counterpart; use init='random'.")
+    """A Raptor initialised from a teacher module (a timm ViT of a supported family): its architecture and weights,
+    the block stack replaced by the k shared blocks on ``block_schedule``, block j initialised from the teacher
+    layers of phase j (``init``: 'middle', 'first', 'mean', 'random'). ``overrides`` change the head or the Raptor's
+    options (:data:`RAPTOR_OVERRIDES`). Its ``model_args`` describe it (None when the teacher's architecture cannot
+    be named: the Raptor works, and saving it says why)."""
+    unknown = sorted(set(overrides) - set(RAPTOR_OVERRIDES))
+    if unknown:
+        raise ValueError(f'{unknown} cannot be overridden for a {type(teacher_model).__name__} teacher; its Raptor keeps '
+                         f"the teacher's architecture (overridable: {list(RAPTOR_OVERRIDES)}).")
+    if family_of(teacher_model) is None:
+        raise TypeError(f'{type(teacher_model).__name__} is not a supported timm ViT family (see docs/teachers.md).')
+    schedule = validate_block_schedule(block_schedule, len(teacher_model.blocks))
     relax_targets = check_relax_args(relax_rank, relax_targets)
-    if relax_init not in ('svd', 'zeros'):
-        raise ValueError(f"relax_init must be 'svd' or 'zeros', got {relax_init!r}.")
-    if relax_rank and relax_init == 'svd':
+    unique_layers = middle_layers(schedule, 'first' if init == 'first' else 'middle')
+    t_scale, drop_path_rate = overrides.get('t_scale', True), overrides.get('drop_path_rate', 0.)
+    global_pool = overrides.get('global_pool')
+    description = describe_teacher(teacher_model)
+    model_args = None
+    if description is not None:
+        teacher_arch, teacher_args = description
+        teacher_args['num_classes'] = overrides.get('num_classes', teacher_model.num_classes)
+        if global_pool is not None and global_pool != 'cls_avg':
+            teacher_args['global_pool'] = global_pool
+        model_args = dict(teacher_arch=teacher_arch, teacher_args=teacher_args, block_schedule=list(schedule),
+                          unique_layers=unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate)
         if block_type != 'teacher':
-            raise ValueError("relax_init='svd' needs block_type='teacher' (weights shaped like the teacher's); "
-                             "use relax_init='zeros'.")
-        for target, path in relax_layers(teacher.blocks[0], relax_targets).items():
-            full_rank = min(teacher.blocks[0].get_submodule(path).weight.shape)
-            if relax_rank > full_rank:
-                raise ValueError(
-                    f"relax_rank={relax_rank} exceeds the full rank {full_rank} of the teacher's {target} "
-                    f"layer; use relax_rank <= {full_rank} or relax_init='zeros'.")
-    schedule, meta = _resolve_schedule(teacher, k, block_schedule, images, phase_kwargs or {})
-
-    args = _plain_vit_args(teacher.model)
-    if args is not None:
-        if getattr(teacher.model, 'global_pool', None) == 'cls_avg':
-            args['global_pool'] = 'cls_avg'
-        args.update(kwargs)
+            model_args['block_type'] = block_type
+        if global_pool == 'cls_avg' or (global_pool is None and getattr(teacher_model, 'global_pool', None) == 'cls_avg'):
+            model_args['global_pool'] = 'cls_avg'
+            teacher_args['global_pool'] = 'token'
         if relax_rank:
-            args.update(relax_rank=relax_rank, relax_targets=relax_targets)
-        model = RaptorVisionTransformer(block_schedule=schedule, depth=teacher.depth, block_type=block_type, **args)
-        model._copy_teacher_stem_and_head(teacher.model)
+            model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
+    if block_type != 'teacher':  # other blocks than the teacher's: built fresh, the rest of the teacher copied
+        if model_args is None:
+            raise ValueError(f"block_type={block_type!r} needs a teacher whose architecture can be named; a "
+                             f"{type(teacher_model).__name__} teacher's Raptor uses its own block type.")
+        model = create_raptor(**model_args)
+        _copy_stem_and_head(model, teacher_model)
     else:
-        if block_type != 'teacher':
-            raise ValueError(
-                f"block_type='swiglu' is available for plain ViT teachers; a {type(teacher.model).__name__} "
-                "teacher's Raptor uses the teacher's own block type (block_type='teacher').")
-        model = _raptor_of_teacher_model(teacher.model, schedule, init, relax_rank, relax_targets, kwargs)
+        model = copy.deepcopy(teacher_model).train().requires_grad_(True)
+        if 'num_classes' in overrides or global_pool is not None:
+            model.reset_classifier(overrides.get('num_classes', model.num_classes), global_pool)
+        model = raptorize(model, schedule, unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate,
+                          relax_rank=relax_rank, relax_targets=relax_targets)
+        model.block_type = 'teacher'
+        model.model_args = model_args if model_args is not None and _rebuilds(model, model_args) else None
+    if block_type != 'teacher':
+        return model
     if init == 'random':
-        if args is None:
-            for block in model.unique_blocks:
-                _reset_block(block)
+        for block in model.unique_blocks:
+            _reset_block(block)
     else:
         for j, (start, stop) in enumerate(zip(model.phase_boundaries[:-1], model.phase_boundaries[1:])):
-            model._init_block_from_layers(j, [teacher.blocks[i] for i in range(start, stop)], init)
-    if relax_rank and relax_init == 'svd':
-        model.init_adapters_from_teacher(teacher.blocks)
-    model.pretrained_cfg = dict(
-        getattr(model, 'pretrained_cfg', {}) or {}, **{
-            key: teacher.data_config[key]
-            for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode')
-            if key in teacher.data_config},
-        num_classes=model.num_classes)
-    label_names = (getattr(teacher.model, 'pretrained_cfg', None) or {}).get('label_names')
-    if label_names and len(label_names) == model.num_classes == getattr(teacher.model, 'num_classes', None):
-        model.pretrained_cfg['label_names'] = tuple(label_names)  # the teacher's head, kept: its class names too
-    model.raptor_meta = dict(
-        meta, teacher=teacher.name, teacher_revision=teacher.revision, teacher_source=teacher.source,
-        teacher_depth=teacher.depth, init=init, block_schedule=list(schedule),
-        phase_boundaries=list(model.phase_boundaries), head=teacher.head_kind,
-        last_hidden_state=teacher.last_hidden_state)
-    if relax_rank:
-        model.raptor_meta.update(relax_rank=relax_rank, relax_init=relax_init, relax_targets=list(relax_targets))
-    model.image_processor = teacher.image_processor  # saved with the Raptor: pipelines prepare images as the teacher's
+            model._init_block_from_layers(j, [teacher_model.blocks[i] for i in range(start, stop)], init)
     return model
+
+
+def _copy_stem_and_head(model: RaptorMixin, teacher_model: nn.Module) -> None:
+    """Copy every non-block tensor (embedding, registers, norms, head) of the teacher into a fresh Raptor, strictly:
+    only a head resized by a num_classes override stays fresh."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(('blocks.', 'relax.'))}
+    keep = {k: v for k, v in teacher_model.state_dict().items() if k in own and v.shape == own[k].shape}
+    missing = sorted(k for k in set(own) - set(keep) if not k.startswith('head.'))
+    if missing:
+        raise RuntimeError(f'the teacher lacks tensors the Raptor needs: {missing}')
+    model.load_state_dict(keep, strict=False)
+
+
+def check_relax_rank_fits(teacher_block: nn.Module, relax_rank: int, relax_targets: Sequence[str]) -> None:
+    """Raise when ``relax_rank`` exceeds the full rank of a teacher layer the adapters relax (no SVD init then)."""
+    for target, path in relax_layers(teacher_block, relax_targets).items():
+        full_rank = min(teacher_block.get_submodule(path).weight.shape)
+        if relax_rank > full_rank:
+            raise ValueError(f"relax_rank={relax_rank} exceeds the full rank {full_rank} of the teacher's {target} "
+                             f"layer; use relax_rank <= {full_rank} or relax_init='zeros'.")
 
 
 # ---------------------------------------------------------------------------------------------- registry
 
-# frontier teachers with registered Raptors: timm name -> depth L
-FRONTIER_TEACHERS: Dict[str, int] = {
-    'vit_small_patch16_dinov3': 12, 'vit_small_plus_patch16_dinov3': 12, 'vit_base_patch16_dinov3': 12,
-    'vit_large_patch16_dinov3': 24, 'vit_huge_plus_patch16_dinov3': 32, 'vit_7b_patch16_dinov3': 40,
-    'eva02_small_patch14_224': 12, 'eva02_base_patch14_224': 12, 'eva02_large_patch14_224': 24,
-    'vit_pe_core_small_patch16_384': 12, 'vit_pe_core_base_patch16_224': 12, 'vit_pe_core_large_patch14_336': 24,
-    'vit_base_patch16_siglip_224': 12,
-}
-
-# arch name -> dict(teacher, k, block_schedule, schedule_source, unique_layers)
-RAPTOR_TIMM_ARCHS: Dict[str, Dict[str, Any]] = {
-    f'raptor_{teacher}_k{k}': dict(
-        teacher=teacher, k=k, block_schedule=scaled_paper_schedule(depth, k), schedule_source='scaled',
-        unique_layers=middle_layers(scaled_paper_schedule(depth, k)))
-    for teacher, depth in FRONTIER_TEACHERS.items() for k in PAPER_PHASE_BOUNDARIES
-}
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 0, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2512.19941', 'paper_name': 'Block-Recurrent Dynamics in Vision Transformers',
+        **kwargs,
+    }
 
 
-def _teacher_cfg(teacher: str) -> Dict[str, Any]:
-    """The data settings of the teacher's default pretrained cfg (input size, mean / std, interpolation, crop)."""
-    cfg = timm.models.get_pretrained_cfg(teacher)
-    if cfg is None:
+def _teacher_cfg(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The data settings of the teacher's default pretrained cfg (input size, mean / std, interpolation, crop); a
+    teacher the table builds at another size (DINOv2 at 224) keeps the generic ones."""
+    cfg = timm.models.get_pretrained_cfg(spec['teacher'])
+    if cfg is None or 'img_size' in spec['teacher_args']:
         return {}
     keys = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode', 'fixed_input_size')
     return {key: getattr(cfg, key) for key in keys if getattr(cfg, key, None) is not None}
@@ -440,23 +348,28 @@ def _teacher_cfg(teacher: str) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({
     **{
-        arch: _cfg(**_teacher_cfg(spec['teacher']), notes=(
+        arch: _cfg(**_teacher_cfg(spec), notes=(
             f"teacher: {spec['teacher']}",
             f"block_schedule: {spec['block_schedule']}",
             f"schedule_source: {spec['schedule_source']}",
-        ))
-        for arch, spec in RAPTOR_TIMM_ARCHS.items()
+        ) + ((f"relax_rank: {spec['relax_rank']}",) if spec.get('relax_rank') else ()))
+        for arch, spec in REGISTERED_RAPTOR_ARCHS.items()
     },
-    'raptor_timm': _cfg(),  # generic: the teacher architecture and schedule come from model_args
+    # generic: the teacher architecture and schedule come from model_args (raptor_vit: the name earlier folders
+    # of plain ViT Raptors carry)
+    'raptor_timm': _cfg(),
+    'raptor_vit': _cfg(),
 })
 
 
-def _create_raptor_timm(variant: str, pretrained: bool = False, **kwargs: Any) -> RaptorMixin:
+def _create_raptor(variant: str, pretrained: bool = False, **kwargs: Any) -> RaptorMixin:
+    """The one entrypoint factory: timm's builder (pretrained cfg, weights, features) over raptor_from_model_args."""
     out_indices = kwargs.pop('out_indices', 3)
     return build_model_with_cfg(
-        create_raptor,
+        lambda **model_args: raptor_from_model_args(model_args),
         variant,
         pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
@@ -465,21 +378,41 @@ def _create_raptor_timm(variant: str, pretrained: bool = False, **kwargs: Any) -
 @register_model
 def raptor_timm(pretrained: bool = False, **kwargs: Any) -> RaptorMixin:
     """Raptor of any supported timm ViT: teacher_arch, teacher_args, block_schedule, ... from kwargs (config.json)."""
-    return _create_raptor_timm('raptor_timm', pretrained=pretrained, **kwargs)
+    return _create_raptor('raptor_timm', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def raptor_vit(pretrained: bool = False, **kwargs: Any) -> RaptorMixin:
+    """Raptor of a timm ViT, every argument from kwargs (config.json): the generic name of earlier plain-ViT folders."""
+    return _create_raptor('raptor_vit', pretrained=pretrained, **kwargs)
+
+
+# keys every flat-schema model_args saved before the one construction path holds
+_FLAT_SCHEMA_KEYS = {'block_schedule', 'block_type', 't_scale', 'embed_dim'}
 
 
 def _make_entrypoint(arch: str, spec: Dict[str, Any]) -> None:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> RaptorMixin:
-        model_args = dict(teacher_arch=spec['teacher'], block_schedule=spec['block_schedule'],
-                          unique_layers=spec['unique_layers'])
-        return _create_raptor_timm(arch, pretrained=pretrained, **dict(model_args, **kwargs))
+        # config.json of a saved folder describes the model completely (its teacher; or, written before the one
+        # construction path, RaptorVisionTransformer's own arguments); otherwise kwargs override the arch's teacher
+        if 'teacher_arch' not in kwargs and not _FLAT_SCHEMA_KEYS <= set(kwargs):
+            model_args = dict(teacher_arch=spec['teacher'], teacher_args=spec['teacher_args'],
+                              block_schedule=spec['block_schedule'])
+            if 'block_schedule' not in kwargs:  # another schedule takes the middle layers of its own phases
+                model_args['unique_layers'] = spec['unique_layers']
+            if spec.get('relax_rank'):
+                model_args['relax_rank'] = spec['relax_rank']
+            kwargs = dict(model_args, **kwargs)
+        return _create_raptor(arch, pretrained=pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = arch
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (f"Raptor of {spec['teacher']}, k={spec['k']} blocks on schedule {spec['block_schedule']} "
-                          f"({spec['schedule_source']} phases).")
+    relax_rank = spec.get('relax_rank', 0)
+    entrypoint.__doc__ = (
+        f"Raptor of {spec['teacher']}, k={spec['k']} blocks on schedule {spec['block_schedule']} "
+        f"({spec['schedule_source']} phases)" + (f", rank-{relax_rank} per-step adapters." if relax_rank else "."))
     globals()[arch] = register_model(entrypoint)
 
 
-for _arch, _spec in RAPTOR_TIMM_ARCHS.items():
+for _arch, _spec in REGISTERED_RAPTOR_ARCHS.items():
     _make_entrypoint(_arch, _spec)

@@ -8,61 +8,44 @@ equal the teacher's while its block parameters shrink by about L / k.
 Paper: `Block-Recurrent Dynamics in Vision Transformers` - https://arxiv.org/abs/2512.19941
     (Jacobs, Fel, Hakim, Brondetta, Ba, Keller; official code: github.com/KempnerInstitute/raptor)
 
-This file holds the Raptor of timm's VisionTransformer family (vit, deit, DINOv2, ...): timm's own
+This file holds the Raptor of timm's VisionTransformer family (vit, deit, DINOv2, CLIP, SigLIP, ...): timm's own
 VisionTransformer whose `blocks` is a RecurrentBlocks (recurrent.py) — k shared timm `Block`s presented as L step
 views — so timm's forward_features, forward_intermediates, prune_intermediate_layers, feature_info, ... run
-unchanged and count the L unrolled applications. Raptors of the other families are in raptor_timm.py.
+unchanged and count the L unrolled applications. What the family adds: the `cls_avg` pool (DINOv2's probe head),
+the paper's SwiGLU block (`block_type='swiglu'`), the JSON names of its layer arguments, the arguments of a timm
+ViT read off an instance, and the converter of the flat argument schema folders saved before the one construction
+path. Every family's Raptor, this one included, is built by `raptor_timm.create_raptor`, which also registers the
+architectures.
 """
 import logging
-import math
 from functools import partial
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import GELUTanh, LayerNorm, LayerScale, Mlp, QuickGELU, RmsNorm, SwiGLUPacked, get_act_layer, \
     resample_abs_pos_embed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc
 
-from .raptor_base import (
-    BlockType, InitMode, RaptorMixin, RelaxInit, check_k, check_relax_args, even_block_schedule, make_recurrent,
-    validate_block_schedule)
+from .archs import RAPTOR_ARCHS, REGISTERED_RAPTOR_ARCHS, RELAXED_RAPTOR_ARCHS
+from .raptor_base import BlockType, InitMode, RaptorMixin, RelaxInit, check_relax_args
 from .recurrent import RELAX_TARGETS, DepthScale, StepAdapters
+from .schedule import (
+    PAPER_PHASE_BOUNDARIES, check_k, even_block_schedule, middle_layers, scaled_paper_schedule, validate_block_schedule)
+from .services import service
 
 __all__ = [
     'RaptorVisionTransformer', 'DepthScale', 'StepAdapters', 'RELAX_TARGETS', 'RAPTOR_ARCHS',
-    'RELAXED_RAPTOR_ARCHS', 'REGISTERED_RAPTOR_ARCHS',
-    'PAPER_PHASE_BOUNDARIES',
+    'RELAXED_RAPTOR_ARCHS', 'REGISTERED_RAPTOR_ARCHS', 'PAPER_PHASE_BOUNDARIES',
     'cls_avg_pool', 'validate_block_schedule', 'even_block_schedule', 'scaled_paper_schedule', 'vit_args_from_model',
-    'create_raptor_from_vit',
+    'create_raptor_from_vit', 'convert_vit_args', 'SWIGLU_BLOCK_ARGS', 'checkpoint_filter_fn',
 ]
 
 _logger = logging.getLogger(__name__)
 
-# Phase boundaries of DINOv2 ViT-B/14-reg4 (12 blocks) found by the paper's divisive max-cut (method.md §2.3):
-# block outputs 1..b_1 form phase 1, b_1+1..b_2 phase 2, ...
-PAPER_PHASE_BOUNDARIES: Dict[int, Tuple[int, ...]] = {2: (7,), 3: (7, 10), 4: (4, 7, 10)}
-PAPER_DEPTH = 12
-
-GlobalPool = Literal['', 'token', 'avg', 'cls_avg']
-
-
-def scaled_paper_schedule(depth: int, k: int) -> Tuple[int, ...]:
-    """The paper's DINOv2-B phase boundaries scaled to `depth`: b' = round(b * depth / 12), each phase >= 1."""
-    check_k(depth, k)
-    if k not in PAPER_PHASE_BOUNDARIES:
-        raise ValueError(f'the paper reports phases for k in {sorted(PAPER_PHASE_BOUNDARIES)}, not k={k}.')
-    boundaries = [0]
-    for j, b in enumerate(PAPER_PHASE_BOUNDARIES[k]):
-        scaled = int(math.floor(b * depth / PAPER_DEPTH + 0.5))
-        # every phase keeps >= 1 layer and leaves room for the phases after it
-        scaled = min(max(scaled, boundaries[-1] + 1), depth - (k - 1 - j))
-        boundaries.append(scaled)
-    boundaries.append(depth)
-    return tuple(b - a for a, b in zip(boundaries[:-1], boundaries[1:]))
+# the paper's block: SwiGLU MLP with one packed input projection D -> 2·4·D, LayerScale init 1e-5
+SWIGLU_BLOCK_ARGS: Dict[str, Any] = dict(mlp_layer=SwiGLUPacked, mlp_ratio=8., act_layer=nn.SiLU, init_values=1e-5)
+_GLOBAL_POOLS = ('', 'token', 'avg', 'avgmax', 'max', 'map', 'cls_avg')
 
 
 # layer choices by name, so that model_args are JSON-able (config.json) and rebuild the same modules
@@ -91,7 +74,7 @@ def _layer_name(layer: Any, table: Dict[str, Type[nn.Module]], arg: str) -> Opti
     raise ValueError(f'{arg}={cls.__name__} is not supported; choose one of {sorted(table)}.')
 
 
-def _split_layer_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def split_layer_args(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Turn layer arguments (classes, partials or names) into (module kwargs, JSON-able names + norm_eps)."""
     json_args = dict(kwargs)
     module_args = dict(kwargs)
@@ -157,6 +140,7 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
             depth: Optional[int] = None,
             relax_rank: int = 0,
             relax_targets: Sequence[str] = RELAX_TARGETS,
+            unique_layers: Optional[Sequence[int]] = None,
             **kwargs: Any,
     ) -> None:
         """
@@ -165,7 +149,7 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
             block_type: 'teacher' (the teacher's block architecture: FLOPs equal the teacher's) or 'swiglu'
                 (the paper's block: SwiGLU MLP with hidden 4·D, LayerScale 1e-5; ~1.3x a GELU block's FLOPs).
             t_scale: Depth scaling gates fed the absolute layer index (zero-initialised: identity at start).
-            global_pool: '', 'token', 'avg' or 'cls_avg' (plus timm's other pools).
+            global_pool: '', 'token', 'avg', 'map' or 'cls_avg' (plus timm's other pools).
             drop_path_rate: Stochastic depth, ramped linearly over the L unrolled applications.
             fc_norm: As timm; defaults to False for 'cls_avg' (the final norm is applied before pooling).
             depth: Optional teacher depth; when given, block_schedule must sum to it.
@@ -173,6 +157,7 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
                 no adapter module at all. With r > 0, `relax.{l}.{target}_a` [r, in] and `relax.{l}.{target}_b`
                 [out, r] make step l (0-based) compute with W_j + B_l A_l on each targeted layer of its block j.
             relax_targets: Which linear layers of the block are adapted, from ('qkv', 'proj', 'fc1', 'fc2').
+            unique_layers: The layer of the L built each shared block is taken from (default: each phase's middle).
             **kwargs: Remaining timm VisionTransformer arguments (img_size, patch_size, embed_dim, num_heads, ...).
         """
         if 'block_fn' in kwargs:
@@ -182,104 +167,47 @@ class RaptorVisionTransformer(RaptorMixin, VisionTransformer):
                 "blocks, ...) use raptor_zoo.from_teacher(teacher, ...).")
         schedule = validate_block_schedule(block_schedule, depth)
         relax_targets = check_relax_args(relax_rank, relax_targets)
-        kwargs, json_args = _split_layer_args(kwargs)
+        kwargs, json_args = split_layer_args(kwargs)
         if block_type not in ('teacher', 'swiglu'):
             raise ValueError(f"block_type must be 'teacher' or 'swiglu', got {block_type!r}.")
-        if block_type == 'swiglu':
-            # the paper's block: SwiGLU MLP with one packed input projection D -> 2·4·D, LayerScale init 1e-5
-            kwargs.update(mlp_layer=SwiGLUPacked, mlp_ratio=8., act_layer=nn.SiLU, init_values=1e-5)
-        valid_pools = ('', 'token', 'avg', 'avgmax', 'max', 'cls_avg')
-        if global_pool not in valid_pools:
-            raise ValueError(f'global_pool must be one of {valid_pools}, got {global_pool!r}.')
+        if global_pool not in _GLOBAL_POOLS:
+            raise ValueError(f'global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}.')
         if global_pool == 'cls_avg':
             if not kwargs.get('class_token', True):
                 raise ValueError("global_pool='cls_avg' needs a class token (class_token=True).")
             fc_norm = False if fc_norm is None else fc_norm
         _check_img_size(kwargs.get('img_size', 224), kwargs.get('patch_size', 16), kwargs.get('dynamic_img_pad', False))
+        teacher_args = dict(json_args, global_pool='token' if global_pool == 'cls_avg' else global_pool)
+        if fc_norm is not None:
+            teacher_args['fc_norm'] = fc_norm
         super().__init__(
-            depth=len(schedule),
-            global_pool='token' if global_pool == 'cls_avg' else global_pool,
-            fc_norm=fc_norm,
-            **kwargs,
-        )
-        if relax_rank and getattr(self.blocks[0].attn, 'gate', None) is not None:
+            block_schedule=schedule, unique_layers=unique_layers, t_scale=t_scale, drop_path_rate=drop_path_rate,
+            relax_rank=relax_rank, relax_targets=relax_targets, global_pool=teacher_args['global_pool'],
+            fc_norm=fc_norm, **dict(kwargs, **(SWIGLU_BLOCK_ARGS if block_type == 'swiglu' else {})))
+        if relax_rank and getattr(self.unique_blocks[0].attn, 'gate', None) is not None:
             raise ValueError('relax_rank > 0 does not support gated attention blocks (attn.gate); use relax_rank=0 '
                              '(a pure Raptor) for this teacher.')
-        make_recurrent(self, list(self.blocks), schedule, t_scale=t_scale, drop_path_rate=drop_path_rate,
-                       relax_rank=relax_rank, relax_targets=relax_targets)
-        # JSON-able constructor arguments: RaptorVisionTransformer(**model_args) rebuilds this architecture
-        self.model_args: Dict[str, Any] = dict(
-            json_args, block_schedule=list(schedule), block_type=block_type, t_scale=t_scale,
-            global_pool=global_pool, drop_path_rate=drop_path_rate, fc_norm=fc_norm)
+        # JSON-able description config.json stores: the one construction function rebuilds this architecture from it
+        self.model_args: Optional[Dict[str, Any]] = dict(
+            teacher_arch='VisionTransformer', teacher_args=teacher_args, block_schedule=list(schedule),
+            unique_layers=middle_layers(schedule) if unique_layers is None else list(unique_layers), t_scale=t_scale,
+            drop_path_rate=drop_path_rate)
+        if block_type != 'teacher':
+            self.model_args['block_type'] = block_type
+        if global_pool == 'cls_avg':
+            self.model_args['global_pool'] = 'cls_avg'
         if relax_rank:  # pure Raptors keep their model_args (and config.json) unchanged
             self.model_args.update(relax_rank=relax_rank, relax_targets=list(relax_targets))
-        # provenance written to config.json and model cards: teacher id, schedule source, phases, ...
-        self.raptor_meta: Dict[str, Any] = {}
         self.block_type = block_type
         if global_pool == 'cls_avg':
-            self.global_pool = 'cls_avg'
-            self.head_hidden_size = 2 * self.embed_dim
-            self.reset_classifier(self.num_classes)
+            self.reset_classifier(self.num_classes, 'cls_avg')
 
     @classmethod
-    def from_teacher(
-            cls,
-            teacher: Any,
-            k: Optional[int] = None,
-            block_schedule: Optional[Union[Sequence[int], str]] = None,
-            images: Optional[Any] = None,
-            block_type: BlockType = 'teacher',
-            init: Optional[InitMode] = None,
-            phase_kwargs: Optional[Dict[str, Any]] = None,
-            relax_rank: int = 0,
-            relax_init: RelaxInit = 'svd',
-            relax_targets: Sequence[str] = RELAX_TARGETS,
-            **kwargs: Any,
-    ) -> RaptorMixin:
-        """A Raptor initialised from a teacher: embedding, final norm and head copied, block j from phase j.
-
-        A teacher that timm's plain ViT arguments describe (pre-norm `Block`s, no attention-pool head) gives a
-        RaptorVisionTransformer built from those arguments; any other supported teacher (ResPostBlock, SigLIP's
-        attention pool, Eva, Beit, CaiT, ...) gives the Raptor of its own family, as `raptor_zoo.from_teacher`.
-
-        Args:
-            teacher: a `raptor_zoo.teachers.Teacher`, or anything `load_teacher` accepts (timm name, Hub repo id,
-                folder, 'digits-vit', a timm or transformers ViT module).
-            k: number of unique blocks. With `images`, phases are discovered on them (`phases.discover`);
-                without, the depth is split evenly (largest remainder) with a warning.
-            block_schedule: explicit repeat counts (win over k), or "auto" for phase discovery on `images`.
-            images: normalised image batches (a tensor or an iterable of tensors) for phase discovery.
-            block_type: 'teacher' (the teacher's block; exact FLOP parity) or 'swiglu' (the paper's block).
-            init: how block j is initialised from the teacher layers of phase j: 'middle' (lower median layer;
-                default for the teacher block type), 'first', 'mean' (parameter-wise mean), or 'random'
-                (default and only choice for 'swiglu').
-            phase_kwargs: extra arguments for `phases.discover` (metric, algorithm, batch_size, ...).
-            relax_rank: rank r of per-step low-rank adapters (0 = pure Raptor).
-            relax_init: 'svd': adapters of step l from the rank-r truncated SVD of (teacher layer l's weight - its
-                shared block's weight), B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T (r must not exceed min(out, in)
-                of any target); 'zeros': LoRA init (B = 0, A random). Biases are not adapted.
-            relax_targets: linear layers adapted, from ('qkv', 'proj', 'fc1', 'fc2').
-            **kwargs: model overrides (num_classes, global_pool, drop_path_rate, t_scale, ...).
-        """
-        from .raptor_timm import raptor_from_teacher
-        return raptor_from_teacher(
-            teacher, k=k, block_schedule=block_schedule, images=images, block_type=block_type, init=init,
-            phase_kwargs=phase_kwargs, relax_rank=relax_rank, relax_init=relax_init, relax_targets=relax_targets,
-            **kwargs)
-
-    def _copy_teacher_stem_and_head(self, teacher_model: nn.Module) -> None:
-        """Copy every non-block tensor (embedding, registers, norms, head) from the teacher, strictly."""
-        teacher_state = {k: v for k, v in teacher_model.state_dict().items() if not k.startswith('blocks.')}
-        own_state = {k for k in self.state_dict() if not k.startswith(('blocks.', 'relax.'))}
-        keep = {k: v for k, v in teacher_state.items() if k in own_state}
-        head_keys = {k for k in own_state if k.startswith('head.')}
-        missing = own_state - set(keep) - head_keys
-        if missing:
-            raise RuntimeError(f'teacher lacks tensors the Raptor needs: {sorted(missing)}')
-        mismatched_head = [k for k in head_keys if k in keep and keep[k].shape != self.state_dict()[k].shape]
-        for k in mismatched_head:  # a num_classes override keeps the Raptor's fresh head
-            keep.pop(k)
-        self.load_state_dict(keep, strict=False)
+    def from_teacher(cls, teacher: Any, **kwargs: Any) -> RaptorMixin:
+        """A Raptor initialised from a teacher: ``raptor_zoo.from_teacher`` (``raptor_zoo.build``), whose arguments
+        this takes (k, block_schedule, images, block_type, init, phase_kwargs, relax_rank, ...). A plain timm ViT
+        teacher gives a RaptorVisionTransformer; a teacher of another family gives that family's Raptor."""
+        return service('from_teacher')(teacher, **kwargs)
 
     def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
         super().init_weights(mode, needs_reset=needs_reset)
@@ -433,6 +361,7 @@ def vit_args_from_model(model: nn.Module) -> Dict[str, Any]:
 
 def _meta_teacher(teacher: str, **kwargs: Any) -> VisionTransformer:
     import timm
+
     try:
         with torch.device('meta'):
             return timm.create_model(teacher, pretrained=False, **kwargs)
@@ -490,96 +419,31 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RaptorVisio
     return out
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 0, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2512.19941', 'paper_name': 'Block-Recurrent Dynamics in Vision Transformers',
-        **kwargs,
-    }
+# keys of the flat schema (RaptorVisionTransformer's own arguments) that describe the Raptor, not its teacher
+_RAPTOR_KEYS = ('block_schedule', 'block_type', 't_scale', 'drop_path_rate', 'relax_rank', 'relax_targets',
+                'unique_layers', 'depth')
 
 
-# Registered Raptor architectures: teacher (timm name), its depth and the model args the DINOv2 teachers use in timm.
-_DINOV2_TEACHERS: Dict[str, Dict[str, Any]] = {
-    'vit_small_patch14_dinov2': dict(patch_size=14, embed_dim=384, num_heads=6, init_values=1e-5, depth=12),
-    'vit_base_patch14_dinov2': dict(patch_size=14, embed_dim=768, num_heads=12, init_values=1e-5, depth=12),
-    'vit_large_patch14_dinov2': dict(patch_size=14, embed_dim=1024, num_heads=16, init_values=1e-5, depth=24),
-    'vit_giant_patch14_dinov2': dict(
-        patch_size=14, embed_dim=1536, num_heads=24, init_values=1e-5, depth=40,
-        mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU),
-}
-for _name, _args in list(_DINOV2_TEACHERS.items()):
-    _DINOV2_TEACHERS[_name.replace('_patch14_', '_patch14_reg4_')] = dict(_args, reg_tokens=4, no_embed_class=True)
-
-# arch name -> dict(teacher, k, block_schedule, schedule_source, model_args)
-RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {}
-for _teacher, _args in _DINOV2_TEACHERS.items():
-    for _k in (2, 3, 4):
-        _depth = _args['depth']
-        RAPTOR_ARCHS[f'raptor_{_teacher}_k{_k}'] = dict(
-            teacher=_teacher,
-            k=_k,
-            block_schedule=scaled_paper_schedule(_depth, _k),
-            # phases were measured (by the paper) only on DINOv2 ViT-B/14 with registers
-            schedule_source='paper' if _teacher == 'vit_base_patch14_reg4_dinov2' else 'scaled',
-            model_args={key: value for key, value in _args.items() if key != 'depth'},
-        )
-
-# relaxed k = 2 variants (DESIGN.md §4): the same arch with rank-4 per-step adapters on all four linear layers
-RELAXED_RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {
-    f'{arch}_r4': dict(spec, base_arch=arch, model_args=dict(spec['model_args'], relax_rank=4))
-    for arch, spec in RAPTOR_ARCHS.items() if spec['k'] == 2
-}
-REGISTERED_RAPTOR_ARCHS: Dict[str, Dict[str, Any]] = {**RAPTOR_ARCHS, **RELAXED_RAPTOR_ARCHS}
-
-default_cfgs = generate_default_cfgs({
-    **{
-        arch: _cfg(notes=(
-            f"teacher: {spec['teacher']}",
-            f"block_schedule: {spec['block_schedule']}",
-            f"schedule_source: {spec['schedule_source']}",
-        ) + ((f"relax_rank: {spec['model_args']['relax_rank']}",) if 'relax_rank' in spec['model_args'] else ()))
-        for arch, spec in REGISTERED_RAPTOR_ARCHS.items()
-    },
-    'raptor_vit': _cfg(),  # generic: every architecture argument comes from model_args
-})
-
-
-def _create_raptor_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransformer:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        RaptorVisionTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
-
-
-@register_model
-def raptor_vit(pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransformer:
-    """Raptor of any timm ViT: every architecture argument comes from kwargs (config.json model_args)."""
-    return _create_raptor_vit('raptor_vit', pretrained=pretrained, **kwargs)
-
-
-def _make_entrypoint(arch: str, spec: Dict[str, Any]) -> None:
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> RaptorVisionTransformer:
-        model_args = dict(spec['model_args'], block_schedule=spec['block_schedule'])
-        return _create_raptor_vit(arch, pretrained=pretrained, **dict(model_args, **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = arch
-    entrypoint.__module__ = __name__
-    relax_rank = spec['model_args'].get('relax_rank', 0)
-    entrypoint.__doc__ = (
-        f"Raptor of {spec['teacher']}, k={spec['k']} blocks on schedule {spec['block_schedule']} "
-        f"({spec['schedule_source']} phases)" + (f", rank-{relax_rank} per-step adapters." if relax_rank else "."))
-    globals()[arch] = register_model(entrypoint)
-
-
-for _arch, _spec in REGISTERED_RAPTOR_ARCHS.items():
-    _make_entrypoint(_arch, _spec)
+def convert_vit_args(model_args: Dict[str, Any]) -> Dict[str, Any]:
+    """The teacher-architecture description of a Raptor saved with the flat schema: RaptorVisionTransformer's own
+    keyword arguments (config.json of folders written before every Raptor was described by its teacher, and
+    transformers configs built from RaptorConfig's fields). timm's argument converters do the same for renamed
+    arguments; the tensors of such a folder are laid out exactly as the converted description builds them."""
+    if 'teacher_arch' in model_args:
+        return dict(model_args)
+    teacher_args = {key: value for key, value in model_args.items() if key not in _RAPTOR_KEYS}
+    schedule = list(model_args.get('block_schedule', (7, 5)))
+    converted: Dict[str, Any] = dict(
+        teacher_arch='VisionTransformer', teacher_args=teacher_args, block_schedule=schedule,
+        unique_layers=list(model_args.get('unique_layers') or middle_layers(schedule)),
+        t_scale=model_args.get('t_scale', True), drop_path_rate=model_args.get('drop_path_rate', 0.))
+    if teacher_args.get('global_pool') == 'cls_avg':
+        teacher_args['global_pool'] = 'token'
+        teacher_args.setdefault('fc_norm', False)
+        converted['global_pool'] = 'cls_avg'
+    if model_args.get('block_type', 'teacher') != 'teacher':
+        converted['block_type'] = model_args['block_type']
+    if model_args.get('relax_rank'):
+        converted.update(relax_rank=model_args['relax_rank'],
+                         relax_targets=list(model_args.get('relax_targets', RELAX_TARGETS)))
+    return converted
