@@ -246,6 +246,7 @@ def parse_config(
 
     parser = argparse.ArgumentParser(
         description=description or (config_cls.__doc__ or "").strip() or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # a recipe's banner keeps its command lines
         allow_abbrev=False,
     )
     parser.add_argument(
