@@ -29,10 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_digits import _load_recipe, _repo_path, write_json_atomic  # noqa: E402
+from study_digits import _repo_path, write_json_atomic  # noqa: E402
 
-from raptor_zoo.distill.recipe import DistillConfig, training_function  # noqa: E402
 from raptor_zoo.plotting import finish_figure  # noqa: E402
+from raptor_zoo.recipes.distill import DistillConfig, training_function  # noqa: E402
+from raptor_zoo.recipes.train_teacher import TrainTeacherConfig  # noqa: E402
+from raptor_zoo.recipes.train_teacher import training_function as train_teacher_function  # noqa: E402
 from raptor_zoo.training import parse_config  # noqa: E402
 
 TEACHERS = {"digits-vit": None, "vit_digits_patch8_reg4_dinov3": "recipes/configs/digits_teacher_dinov3.yaml"}
@@ -63,11 +65,10 @@ def teacher_source(config: FamiliesConfig, name: str) -> str:
         return name
     output_dir = Path(config.work_dir) / name
     if not (output_dir / "metrics.json").is_file():
-        recipe = _load_recipe("train_teacher")
         argv = ["--config", str(_repo_path(TEACHERS[name])), "--output-dir", str(output_dir), "--resume", "latest"]
         if config.quick:
             argv += ["--max-steps", "3", "--eval-every-epochs", "1"]
-        recipe.training_function(parse_config(recipe.TrainTeacherConfig, argv))
+        train_teacher_function(parse_config(TrainTeacherConfig, argv))
     return str(output_dir)
 
 

@@ -29,9 +29,9 @@ import torch
 
 from raptor_zoo.data import TransformedDataset, build_transform, load_image_dataset, random_subset
 from raptor_zoo.distill import TrajectoryDistillationTask, stage_plan
-from raptor_zoo.distill.recipe import DistillConfig
 from raptor_zoo.distill.trajectory_cache import TrajectoryCache
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer, even_block_schedule
+from raptor_zoo.recipes.distill import DistillConfig
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import parse_config
 

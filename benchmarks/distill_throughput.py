@@ -36,10 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from raptor_zoo.bench import device_slug, environment_info, resolve_device, write_json
-from raptor_zoo.distill.recipe import DistillConfig
 from raptor_zoo.distill import TrajectoryDistillationTask, freeze_for_distillation, stage_plan
 from raptor_zoo.models.raptor_vit import (
     PAPER_PHASE_BOUNDARIES, RaptorVisionTransformer, even_block_schedule, scaled_paper_schedule)
+from raptor_zoo.recipes.distill import DistillConfig
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import config_to_dict, parse_config
 

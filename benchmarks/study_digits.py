@@ -20,7 +20,6 @@ continues from its last checkpoint in <work-dir>. Workers claim runs with lock f
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -37,10 +36,12 @@ from tqdm.auto import tqdm
 
 from raptor_zoo.data import build_transform, load_image_dataset
 from raptor_zoo.distill.evaluate import raptor_trajectory
-from raptor_zoo.distill.recipe import DistillConfig, training_function
 from raptor_zoo.flops import count_flops, count_params, relaxation_overhead
 from raptor_zoo.hub import load_pretrained
 from raptor_zoo.phases import discover
+from raptor_zoo.recipes.distill import DistillConfig, training_function
+from raptor_zoo.recipes.train_teacher import TrainTeacherConfig
+from raptor_zoo.recipes.train_teacher import training_function as train_teacher_function
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import parse_config
 
@@ -227,7 +228,6 @@ def phase_metrics(distance: np.ndarray, scores: list[dict]) -> dict[str, Any]:
 
 def train_teacher(config: StudyConfig, run: Run) -> tuple[Any, dict]:
     """Train one teacher with recipes/train_teacher.py (resumable; seeded): (its config, its metrics)."""
-    recipe = _load_recipe("train_teacher")
     output_dir = Path(config.work_dir) / run.name
     argv = ["--config", str(_repo_path(config.teacher_config)), "--drop-path-rate", str(run.rate),
             "--drop-path-mode", config.drop_path_mode, "--seed", str(run.seed), "--output-dir", str(output_dir),
@@ -236,8 +236,8 @@ def train_teacher(config: StudyConfig, run: Run) -> tuple[Any, dict]:
         argv += ["--epochs", str(config.teacher_epochs)]
     if config.quick:
         argv += ["--max-steps", "3", "--eval-every-epochs", "1"]
-    teacher_config = parse_config(recipe.TrainTeacherConfig, argv)
-    return teacher_config, recipe.training_function(teacher_config)
+    teacher_config = parse_config(TrainTeacherConfig, argv)
+    return teacher_config, train_teacher_function(teacher_config)
 
 
 def run_teacher(config: StudyConfig, run: Run) -> dict:
@@ -318,14 +318,6 @@ def recreate_teacher(config: StudyConfig, run: Run) -> None:
 
 def _repo_path(path: str) -> Path:
     return Path(path) if Path(path).is_file() else REPO_ROOT / path
-
-
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipes_{name}", REPO_ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -51,11 +51,11 @@ from tqdm.auto import tqdm
 
 from raptor_zoo.data import build_transform, create_loader, load_digits_split, load_image_dataset, random_subset
 from raptor_zoo.distill.evaluate import evaluate_fidelity, raptor_trajectory
-from raptor_zoo.distill.recipe import DistillConfig, training_function
 from raptor_zoo.downstream import topk_accuracy, train_linear_probe
 from raptor_zoo.hub import load_pretrained
 from raptor_zoo.models.raptor_vit import cls_avg_pool
 from raptor_zoo.phases import discover, phase_ranges, plot_distance_matrix
+from raptor_zoo.recipes.distill import DistillConfig, training_function
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import parse_config
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .distill.recipe import DistillConfig, training_function
+from .recipes.distill import DistillConfig, training_function
 from .flops import count_flops, count_params, relaxation_overhead
 from .hub import load_pretrained
 from .teachers import load_teacher

@@ -1,7 +1,8 @@
 """Shared plumbing of the raptor_zoo recipes (train_teacher, distill, finetune, linear_probe).
 
 * :func:`parse_config` - timm train.py's two-stage parser over a config dataclass: ``--config file.yaml`` first,
-  then every field as a kebab-case flag with its snake_case alias; CLI > YAML > dataclass defaults.
+  then every field as a kebab-case flag with its snake_case spelling (and any old names a field keeps as aliases);
+  CLI > YAML > dataclass defaults.
 * :func:`save_config` / :func:`format_config` - the resolved config as ``args.yaml`` / text.
 * :class:`CheckpointManager` - ``accelerator.save_state`` into a temporary folder, renamed atomically to
   ``checkpoints/step_N``; keep-last-N pruning; resume from the newest complete checkpoint. The global step is
@@ -157,8 +158,35 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _field_aliases(config_cls: type, fields: dict[str, dataclasses.Field]) -> dict[str, str]:
+    """alias -> field name, from every field's ``metadata={"aliases": [...]}`` (old names the field still answers to).
+
+    An alias that is another field's name or another field's alias is a TypeError: the config class is wrong."""
+    aliases: dict[str, str] = {}
+    for name, field in fields.items():
+        names = field.metadata.get("aliases", ())
+        if isinstance(names, str):
+            raise TypeError(f"{config_cls.__name__}.{name}: metadata 'aliases' must be a list of names, got {names!r}.")
+        for alias in names:
+            taken = alias if alias in fields else aliases.get(alias)
+            if taken is not None:
+                raise TypeError(f"{config_cls.__name__}.{name}: alias {alias!r} is already the name or an alias of "
+                                f"field {taken!r}.")
+            aliases[alias] = name
+    return aliases
+
+
+_ALIAS_DEST = "alias:{}"
+"""The argparse destination of an alias flag, kept apart from its field's so that giving both can be told."""
+
+
+def _flags(name: str) -> list[str]:
+    """``--kebab-name``, and ``--snake_name`` when the name has an underscore."""
+    return [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+
+
 def _read_yaml_config(path: str, config_cls: type, fields: dict[str, dataclasses.Field],
-                      hints: dict[str, Any]) -> dict[str, Any]:
+                      hints: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
     config_path = Path(path)
     if not config_path.is_file():
         raise FileNotFoundError(f"Config file {path!r} not found (given with --config).")
@@ -166,11 +194,20 @@ def _read_yaml_config(path: str, config_cls: type, fields: dict[str, dataclasses
     if not isinstance(loaded, dict):
         raise ValueError(f"Config file {path!r} must hold a YAML mapping of field: value, got {type(loaded).__name__}.")
     normalised = {str(key).replace("-", "_"): value for key, value in loaded.items()}
-    unknown = sorted(set(normalised) - set(fields))
+    unknown = sorted(set(normalised) - set(fields) - set(aliases))
     if unknown:
         raise ValueError(
             f"Unknown key(s) {unknown} in {path!r}; valid keys for {config_cls.__name__} are {sorted(fields)}.")
-    return {name: _coerce(name, hints[name], value) for name, value in normalised.items()}
+    values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in normalised.items():
+        name = aliases.get(key, key)
+        if name in given_as:
+            raise ValueError(f"Config file {path!r} gives both {given_as[name]!r} and {key!r}, two names of the field "
+                             f"{name!r}; keep only {name!r}.")
+        given_as[name] = key
+        values[name] = _coerce(name, hints[name], value)
+    return values
 
 
 def parse_config(
@@ -186,23 +223,30 @@ def parse_config(
     ``Literal`` as choices, ``Optional`` accepting ``none``. Precedence: CLI > YAML > dataclass defaults.
     Help texts come from ``field(metadata={"help": ...})``; fields may name an argparse group with
     ``metadata={"group": ...}``.
+
+    A renamed field keeps its old names with ``metadata={"aliases": ["old_name", ...]}``: each alias is a flag too
+    (``--old-name``, ``--old_name``) and a YAML key, read as the field. Giving a field and its alias together (both
+    flags, or both keys in one YAML file) is an error naming both; an alias in the YAML and the field on the command
+    line is the usual precedence (the command line wins). ``args.yaml`` and the config object use the field's name.
     """
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
         raise TypeError(f"parse_config expects a dataclass type, got {config_cls!r}.")
     argv = list(sys.argv[1:] if argv is None else argv)
     hints = typing.get_type_hints(config_cls)
     fields = {field.name: field for field in dataclasses.fields(config_cls) if field.init}
+    aliases = _field_aliases(config_cls, fields)
 
     config_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config_parser.add_argument("-c", "--config", default=None)
     stage_one, _ = config_parser.parse_known_args(argv)
-    yaml_values = _read_yaml_config(stage_one.config, config_cls, fields, hints) if stage_one.config else {}
+    yaml_values = _read_yaml_config(stage_one.config, config_cls, fields, hints, aliases) if stage_one.config else {}
 
     defaults = {name: _field_default(field) for name, field in fields.items()}
     defaults.update(yaml_values)
 
     parser = argparse.ArgumentParser(
         description=description or (config_cls.__doc__ or "").strip() or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # a recipe's banner keeps its command lines
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -213,7 +257,6 @@ def parse_config(
     for name, field in fields.items():
         group_title = field.metadata.get("group")
         target = groups.setdefault(group_title, parser.add_argument_group(group_title)) if group_title else parser
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         default = defaults[name]
         shown = "required" if default is dataclasses.MISSING else _format_value(default)
         help_text = f"{field.metadata.get('help', '')} (default: {shown})".strip()
@@ -235,10 +278,25 @@ def parse_config(
             kwargs["type"] = convert
             if typing.get_origin(inner) is Literal:
                 kwargs["metavar"] = "{" + ",".join(str(choice) for choice in typing.get_args(inner)) + "}"
-        target.add_argument(*flags, **kwargs)
+        target.add_argument(*_flags(name), **kwargs)
+        for alias in field.metadata.get("aliases", ()):
+            alias_kwargs = dict(kwargs, dest=_ALIAS_DEST.format(alias), help=f"alias of {_flags(name)[0]}")
+            if inner is not bool:
+                alias_kwargs.setdefault("metavar", name.upper())
+            target.add_argument(*_flags(alias), **alias_kwargs)
 
     cli_values = vars(parser.parse_args(argv))
     cli_values.pop("config", None)
+    given_as = {name: _flags(name)[0] for name in fields if name in cli_values}
+    for alias, name in aliases.items():
+        if _ALIAS_DEST.format(alias) not in cli_values:
+            continue
+        alias_flag = _flags(alias)[0]
+        if name in given_as:
+            parser.error(f"{given_as[name]} and {alias_flag} both give the field {name!r} ({alias_flag} is an alias "
+                         f"of {_flags(name)[0]}); give one of them, not both")
+        given_as[name] = alias_flag
+        cli_values[name] = cli_values.pop(_ALIAS_DEST.format(alias))
     for name in sequence_fields:
         if name in cli_values:
             try:

@@ -9,17 +9,18 @@ The same script runs in every setup Accelerate supports:
   - mixed precision:                 ... --mixed-precision bf16   (or fp16)
 Any field of the config is a flag (`--max-steps 100`, `--lr 1e-3`, `--dataset path/to/imagefolder`).
 
-The training function reads top to bottom in raptor_zoo/distill/recipe.py (args -> accelerator -> teacher ->
+The training function reads top to bottom in raptor_zoo/recipes/distill.py (args -> accelerator -> teacher ->
 data -> phases -> student -> stages: optimiser, prepare, loop, checkpoint -> evaluation -> save); it lives in
 the package so that `raptor-zoo demo` runs the same loop from an installed wheel.
 """
-from raptor_zoo.distill.recipe import DistillConfig, training_function
+from raptor_zoo.recipes.distill import DistillConfig, training_function
 from raptor_zoo.training import parse_config
+
+__all__ = ["DistillConfig", "training_function", "parse_config", "main"]
 
 
 def main():
-    config = parse_config(DistillConfig, description=__doc__)
-    training_function(config)
+    training_function(parse_config(DistillConfig, description=__doc__))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import write_basic_config
 from safetensors.torch import load_file
 
+from raptor_zoo.training import parse_config
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "distill.py"
 DIGITS_CONFIG = REPO / "recipes" / "configs" / "digits_k2.yaml"
@@ -114,7 +116,7 @@ def test_missing_data_dir_fails_fast_through_accelerate_launch(accelerate_config
 
 @pytest.fixture(scope="module")
 def recipe():
-    import raptor_zoo.distill.recipe as module
+    import raptor_zoo.recipes.distill as module
     return module
 
 
@@ -122,7 +124,7 @@ def recipe():
 def run_recipe(recipe):
     """Run the recipe in this process (no launcher): parse the flags, train, reset Accelerate's global state."""
     def run(args):
-        config = recipe.parse_config(recipe.DistillConfig, [*map(str, TINY), "--cpu", "--batch-size", "8", *map(str, args)])
+        config = parse_config(recipe.DistillConfig, [*map(str, TINY), "--cpu", "--batch-size", "8", *map(str, args)])
         try:
             return recipe.training_function(config)
         finally:

@@ -245,7 +245,7 @@ def test_distillation_task_applies_and_trains_step_adapters():
 
 def test_relaxed_student_from_a_trained_pure_raptor_svd_inits_against_its_blocks(phase_teacher, tmp_path):
     """--init-from a pure Raptor + --relax-rank: the adapters span teacher layer - the *trained* shared block."""
-    from raptor_zoo.distill.recipe import DistillConfig, load_student_weights
+    from raptor_zoo.recipes.distill import DistillConfig, load_student_weights
     from raptor_zoo.hub import save_pretrained
 
     pure = RaptorVisionTransformer.from_teacher(phase_teacher, block_schedule=SCHEDULE)

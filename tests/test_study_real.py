@@ -44,7 +44,7 @@ def test_the_grid_runs_its_parts_in_order_and_refuses_unknown_levers():
 def test_two_stage_runs_scale_the_shipped_recipe():
     """A two-stage run of n steps is real_teacher_cpu_k2.yaml with its 150 steps scaled: n/4 per phase, n/2 joint,
     warmup n/10; the pool is a random subset of the MNIST train split, stratified by digit."""
-    from raptor_zoo.distill.recipe import DistillConfig
+    from raptor_zoo.recipes.distill import DistillConfig
     from raptor_zoo.training import parse_config
 
     study = load_study("study_real_scale")
@@ -58,7 +58,7 @@ def test_two_stage_runs_scale_the_shipped_recipe():
 def test_the_real_teacher_cpu_config_is_the_lever_the_study_measured():
     """recipes/configs/real_teacher_cpu_k2.yaml is the study's two-stage run: same teacher, data, stages and
     optimisation (docs/study_real.md quotes its numbers)."""
-    from raptor_zoo.distill.recipe import DistillConfig
+    from raptor_zoo.recipes.distill import DistillConfig
     from raptor_zoo.training import parse_config
 
     study = load_study("study_real_config")

@@ -5,6 +5,7 @@ in proportion, and the run records what it took.
 The fixture folder is sorted by class like MNIST's: the first images of a listing are all one class. Each class is
 a distinct grey level, so an image tensor tells its class."""
 import importlib.util
+import json
 from pathlib import Path
 
 import datasets
@@ -15,8 +16,8 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from raptor_zoo.data import build_transform, load_image_dataset, load_splits, random_subset
-from raptor_zoo.distill.recipe import DistillConfig, load_datasets, phase_discovery_images
 from raptor_zoo.models.digits_vit import DIGITS_MEAN, DIGITS_STD
+from raptor_zoo.recipes.distill import DistillConfig, load_datasets, phase_discovery_images
 from raptor_zoo.training import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,6 +116,15 @@ def test_distillation_pool_eval_batches_and_phase_images_cover_every_class(sorte
     assert len(set(classes_of(images).tolist())) == 5
 
 
+def test_distillation_takes_a_held_out_limit_in_images_or_in_batches_not_both(sorted_folder):
+    config = parse_config(DistillConfig, ["--dataset", str(sorted_folder), "--max-eval-images", "10", "--cpu"])
+    _, eval_set, subsets = load_datasets(config, num_processes=1)
+    assert len(eval_set) == 10
+    assert_in_proportion(subsets["eval"]["class_histogram"], TEST_COUNTS, 10)
+    with pytest.raises(ValueError, match="--eval-max-batches and --max-eval-images both limit the held-out images"):
+        parse_config(DistillConfig, ["--max-eval-images", "10", "--eval-max-batches", "2"])
+
+
 def test_load_splits_refuses_a_subset_missing_classes(sorted_folder):
     splits = load_splits(str(sorted_folder), max_train_images=20, max_eval_images=10)
     assert splits.num_classes == 5
@@ -150,7 +160,7 @@ def test_linear_probe_limits_keep_every_class_and_are_recorded(sorted_folder, tm
 def test_finetune_limits_keep_every_class_and_are_recorded(sorted_folder, tmp_path):
     recipe = load_recipe("finetune")
     config = parse_config(recipe.FinetuneConfig, [
-        "--model", "raptor-digits-k2", "--data", str(sorted_folder), "--max-train-images", "20",
+        "--model", "raptor-digits-k2", "--dataset", str(sorted_folder), "--max-train-images", "20",
         "--max-eval-images", "10", "--epochs", "1", "--batch-size", "10", "--cpu", "--output-dir", str(tmp_path)])
     try:
         result = recipe.training_function(config)
@@ -158,6 +168,21 @@ def test_finetune_limits_keep_every_class_and_are_recorded(sorted_folder, tmp_pa
         AcceleratorState._reset_state(True)
     assert_in_proportion(result["training"]["subsets"]["train"]["class_histogram"], TRAIN_COUNTS, 20)
     assert_in_proportion(result["training"]["subsets"]["eval"]["class_histogram"], TEST_COUNTS, 10)
+
+
+def test_teacher_training_limits_keep_every_class_and_are_recorded(sorted_folder, tmp_path):
+    recipe = load_recipe("train_teacher")
+    config = parse_config(recipe.TrainTeacherConfig, [
+        "--dataset", str(sorted_folder), "--max-train-images", "20", "--max-eval-images", "10", "--epochs", "1",
+        "--max-steps", "1", "--batch-size", "10", "--checkpoint-every", "0", "--cpu", "--output-dir", str(tmp_path)])
+    try:
+        metrics = recipe.training_function(config)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert_in_proportion(metrics["subsets"]["train"]["class_histogram"], TRAIN_COUNTS, 20)
+    assert_in_proportion(metrics["subsets"]["eval"]["class_histogram"], TEST_COUNTS, 10)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_classes"] == 5 and saved["label_names"] == ["0", "1", "2", "3", "4"]
 
 
 def test_phases_cli_reads_a_random_subset(sorted_folder, tmp_path, monkeypatch):

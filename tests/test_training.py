@@ -1,5 +1,6 @@
 """raptor_zoo.training: config parsing, atomic checkpoints and resume, drop-path; and the shipped digits teacher."""
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -109,6 +110,61 @@ def test_save_config_round_trips(tmp_path):
     path = save_config(config, tmp_path / "run")
     assert path == tmp_path / "run" / "args.yaml"
     assert parse_config(ExampleConfig, ["--config", str(path)]) == config
+
+
+@dataclass
+class RenamedConfig:
+    """A config whose fields were renamed: `dataset` was `data`, `max_train_images` was `max_images`."""
+    dataset: str = field(default="digits", metadata={"help": "images", "aliases": ["data"]})
+    max_train_images: Optional[int] = field(default=None, metadata={"aliases": ["max_images"]})
+    use_ema: bool = field(default=False, metadata={"aliases": ["ema"]})
+
+
+def test_parse_config_aliases_are_flags_and_yaml_keys(tmp_path, capsys):
+    assert parse_config(RenamedConfig, ["--data", "a"]).dataset == "a"
+    assert parse_config(RenamedConfig, ["--max-images", "3"]).max_train_images == 3
+    assert parse_config(RenamedConfig, ["--max_images", "none"]).max_train_images is None
+    assert parse_config(RenamedConfig, ["--ema"]).use_ema is True
+    old = tmp_path / "old.yaml"
+    old.write_text("data: b\nmax-images: 4\n")
+    config = parse_config(RenamedConfig, ["--config", str(old)])
+    assert (config.dataset, config.max_train_images) == ("b", 4)
+    assert parse_config(RenamedConfig, ["--config", str(old), "--dataset", "c"]).dataset == "c"  # CLI over YAML
+    saved = yaml.safe_load(save_config(config, tmp_path / "run").read_text())
+    assert saved == {"dataset": "b", "max_train_images": 4, "use_ema": False}  # written under the field's name
+    with pytest.raises(SystemExit):
+        parse_config(RenamedConfig, ["--help"])
+    help_text = capsys.readouterr().out
+    assert re.search(r"--data DATASET\s+alias of --dataset", help_text)
+    assert re.search(r"--ema, --no-ema\s+alias of --use-ema", help_text)
+
+
+@pytest.mark.parametrize("argv, flags", [
+    (["--dataset", "a", "--data", "b"], "--dataset and --data"),
+    (["--use-ema", "--no-ema"], "--use-ema and --ema"),
+])
+def test_parse_config_refuses_a_field_and_its_alias_together(argv, flags, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(RenamedConfig, argv)
+    assert f"{flags} both give the field" in capsys.readouterr().err
+
+
+def test_parse_config_refuses_a_yaml_key_and_its_alias_together(tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("dataset: a\ndata: b\n")
+    with pytest.raises(ValueError, match="gives both 'dataset' and 'data', two names of the field 'dataset'; "
+                                         "keep only 'dataset'"):
+        parse_config(RenamedConfig, ["--config", str(both)])
+
+
+def test_parse_config_refuses_an_alias_that_names_another_field():
+    @dataclass
+    class Clash:
+        dataset: str = field(default="a", metadata={"aliases": ["data"]})
+        data: str = "b"
+
+    with pytest.raises(TypeError, match="Clash.dataset: alias 'data' is already the name or an alias of field 'data'"):
+        parse_config(Clash, [])
 
 
 @dataclass

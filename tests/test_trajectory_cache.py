@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from raptor_zoo.data import TransformedDataset, build_transform, load_digits_split
 from raptor_zoo.distill import TrajectoryDistillationTask
-from raptor_zoo.distill.recipe import DistillConfig, training_function
 from raptor_zoo.distill.trajectory_cache import CachedTrajectories, TrajectoryCache
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
+from raptor_zoo.recipes.distill import DistillConfig, training_function
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import parse_config
 

@@ -22,7 +22,7 @@ import raptor_zoo
 import raptor_zoo.data
 from raptor_zoo import cards
 from raptor_zoo.distill import evaluate_fidelity
-from raptor_zoo.distill.recipe import DistillConfig, load_datasets, stage_warmup_steps, training_function
+from raptor_zoo.recipes.distill import DistillConfig, load_datasets, stage_warmup_steps, training_function
 from raptor_zoo.training import parse_config, start_run
 
 REPO = Path(__file__).resolve().parent.parent

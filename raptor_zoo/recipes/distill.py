@@ -1,22 +1,14 @@
 # Copyright 2026 The raptor_zoo developers. Licensed under the Apache License, Version 2.0.
-"""The distillation recipe's config and training function (`recipes/distill.py` launches it; `raptor-zoo demo`
-runs it in-process, so it ships with the package).
+"""The distillation recipe: its config (:class:`DistillConfig`) and :func:`training_function`, launched by
+`recipes/distill.py` (the `accelerate launch` commands are in its docstring) and run in-process by `raptor-zoo demo`.
 
 Distil a teacher ViT into a Raptor (k unique blocks applied recurrently on a block schedule) by trajectory
 distillation: the teacher runs on the fly, its token trajectory is the target (DESIGN.md §5).
 
-Pipeline: teacher (`load_teacher`) -> data (digits / imagefolder / Hub dataset, timm transforms at the teacher's
-data_config; or synthetic images) -> phases (discovered on a few hundred random training images, or given) -> Raptor
-initialised from the teacher -> stages (the paper's two stages, or one joint stage) -> fidelity and accuracy
-recovery -> saved model.
-
-This example trains with Accelerate, and the same script runs in every setup Accelerate supports:
-  - single CPU or single GPU:        accelerate launch recipes/distill.py --config recipes/configs/digits_k2.yaml
-  - CPU forced on a GPU machine:     accelerate launch --cpu recipes/distill.py --config ...
-  - multi-GPU (DDP):                 accelerate launch --multi_gpu --num_processes 8 recipes/distill.py --config ...
-  - multi-process CPU (DDP, gloo):   accelerate launch --multi_gpu --num_processes 2 recipes/distill.py --cpu --config ...
-  - mixed precision:                 ... --mixed-precision bf16   (or fp16)
-Any field of the config is a flag (`--max-steps 100`, `--lr 1e-3`, `--dataset path/to/imagefolder`).
+Pipeline: teacher (`load_teacher`) -> data (any source :func:`raptor_zoo.data.load_splits` reads, labels optional,
+prepared as the teacher's own inputs; or synthetic images) -> phases (discovered on a few hundred random training
+images, or given) -> Raptor initialised from the teacher -> stages (the paper's two stages, or one joint stage) ->
+fidelity and accuracy recovery -> saved model.
 
 Outputs in --output-dir: args.yaml, phases.json + phase_heatmap.png (when discovered), checkpoints/step_N
 (atomic; `--resume latest` continues mid-epoch), metrics.json + fidelity.png, and the Raptor as a Hub folder
@@ -38,7 +30,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from raptor_zoo.data import TransformedDataset, build_transform, create_loader, load_splits, random_subset
+from raptor_zoo.data import DataArgs, TransformedDataset, build_transform, create_loader, random_subset
 from raptor_zoo.distill import (
     PAPER_JOINT_TOKEN_WEIGHTS,
     PAPER_PHASE_TOKEN_WEIGHTS,
@@ -64,7 +56,6 @@ from raptor_zoo.training import (
     CheckpointManager,
     command_line,
     epoch_dataloader,
-    parse_config,
     save_run_config,
     start_run,
 )
@@ -77,7 +68,7 @@ COMPATIBILITY_KEYS = (
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(DataArgs):
     """Distil a teacher ViT into a Raptor with Accelerate."""
     # teacher
     teacher: str = field(default="digits-vit", metadata={
@@ -90,22 +81,8 @@ class DistillConfig:
         "group": "Teacher", "help": "extra timm.create_model arguments for the teacher, as a mapping / JSON object"})
     teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
         "group": "Teacher", "help": "fp32 targets, or the teacher under bf16 autocast (targets cast to fp32)"})
-    # data
-    dataset: str = field(default="digits", metadata={
-        "group": "Data", "help": "'digits', a folder of images (class sub-folders or flat, labels optional), a .txt "
-                                 "file listing image paths, a glob pattern or a Hub dataset id"})
-    train_split: str = field(default="train", metadata={"group": "Data", "help": "split to distil on"})
-    eval_split: str = field(default="test", metadata={"group": "Data", "help": "held-out split to evaluate on"})
-    eval_fraction: float = field(default=0.1, metadata={
-        "group": "Data", "help": "data without a held-out split: this seeded random fraction of the training images "
-                                 "is held out for evaluation"})
+    # data (beyond DataArgs': labels are optional here)
     streaming: bool = field(default=False, metadata={"group": "Data", "help": "stream the dataset (datasets)"})
-    image_column: str = field(default="image", metadata={"group": "Data", "help": "image column of the dataset"})
-    label_column: str = field(default="label", metadata={"group": "Data", "help": "label column of the dataset"})
-    max_train_images: Optional[int] = field(default=None, metadata={
-        "group": "Data", "help": "a seeded random subset of N training images, stratified by label; none = all"})
-    subset_seed: int = field(default=0, metadata={
-        "group": "Data", "help": "seed of the subsets --max-train-images, --eval-max-batches and phase discovery take"})
     augment: bool = field(default=False, metadata={
         "group": "Data", "help": "timm training augmentation; off = one fixed view per image, as the paper"})
     augment_scale: tuple[float, float] = field(default=(0.08, 1.0), metadata={
@@ -118,7 +95,6 @@ class DistillConfig:
         "group": "Data", "help": "random normalised images at the teacher's input size instead of a dataset"})
     synthetic_size: int = field(default=10_000, metadata={
         "group": "Data", "help": "training images of the synthetic dataset (evaluation: 512)"})
-    num_workers: int = field(default=0, metadata={"group": "Data", "help": "DataLoader worker processes"})
     trajectory_cache: Optional[str] = field(default=None, metadata={
         "group": "Data", "help": "folder of a cache of the teacher's trajectories of the training images, computed once "
                                  "and read every epoch (needs a fixed image set: no --augment or --streaming); none = "
@@ -136,7 +112,8 @@ class DistillConfig:
     phases: Literal["auto", "even", "paper"] = field(default="auto", metadata={
         "group": "Student", "help": "schedule without block_schedule: auto = phase discovery on phase_images "
                                     "training images; even split; paper = DINOv2-B boundaries scaled"})
-    phase_images: int = field(default=256, metadata={"group": "Student", "help": "random training images for phase discovery"})
+    phase_images: int = field(default=256, metadata={
+        "group": "Student", "help": "random training images for phase discovery (seeded by --subset-seed)"})
     phase_metric: str = field(default="cls_patchmean", metadata={"group": "Student", "help": "phases.discover metric"})
     phase_algorithm: Literal["divisive", "contiguous"] = field(default="divisive", metadata={
         "group": "Student", "help": "phases.discover partition algorithm"})
@@ -220,8 +197,8 @@ class DistillConfig:
     eval_every: int = field(default=0, metadata={
         "group": "Run", "help": "fidelity evaluation interval in steps, 0 = only at the end"})
     eval_max_batches: Optional[int] = field(default=None, metadata={
-        "group": "Run", "help": "evaluate on a seeded random (stratified) subset of this many batches per process; "
-                                "none = the whole held-out split"})
+        "group": "Run", "help": "evaluate on a seeded random (stratified) subset of this many batches per process (or "
+                                "--max-eval-images: a number of images); none = the whole held-out split"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={
         "group": "Run", "help": "autocast of the student"})
     cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
@@ -229,6 +206,7 @@ class DistillConfig:
         "group": "Run", "help": "accelerate tracker (tensorboard, wandb, ...), none = no tracker"})
 
     def __post_init__(self):
+        super().__post_init__()
         positive = {
             "batch_size": self.batch_size, "max_steps": self.max_steps, "phase_images": self.phase_images,
             "last_layers": self.last_layers,
@@ -236,15 +214,16 @@ class DistillConfig:
             "synthetic_size": self.synthetic_size}
         optional_positive = {
             "k": self.k, "phase_max_steps": self.phase_max_steps, "eval_batch_size": self.eval_batch_size,
-            "max_train_images": self.max_train_images, "max_steps_this_run": self.max_steps_this_run,
-            "eval_max_batches": self.eval_max_batches}
+            "max_steps_this_run": self.max_steps_this_run, "eval_max_batches": self.eval_max_batches}
         positive.update({name: value for name, value in optional_positive.items() if value is not None})
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        for name in ("checkpoint_every", "eval_every", "warmup_steps", "num_workers"):
+        for name in ("checkpoint_every", "eval_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        if self.eval_max_batches is not None and self.max_eval_images is not None:
+            raise ValueError("--eval-max-batches and --max-eval-images both limit the held-out images: pass one of them.")
         if self.k is None and self.block_schedule is None:
             raise ValueError("Pass --k (number of unique blocks) or an explicit --block-schedule.")
         if self.relax_rank < 0:
@@ -280,20 +259,19 @@ class SyntheticImages(Dataset):
 def load_datasets(config: DistillConfig, num_processes: int = 1):
     """(train, eval, subsets): image datasets limited to seeded random subsets, and the records of what was taken.
 
-    Labels are optional (distillation needs none; accuracy is reported where the data has them). A source without
-    a held-out split gets one split off its training images (``--eval-fraction``). ``--max-train-images`` and
-    ``--eval-max-batches`` (that many batches per process) take stratified random subsets
+    The recipes' one data path (:meth:`raptor_zoo.data.DataArgs.load_splits`), with labels optional (distillation
+    needs none; accuracy is reported where the data has them). A source without a held-out split gets one split off
+    its training images (``--eval-fraction``). ``--max-train-images`` and ``--max-eval-images`` (or
+    ``--eval-max-batches``: that many batches per process) take stratified random subsets
     (:func:`raptor_zoo.data.random_subset`), never the first images of a folder sorted by class. Synthetic data gives
     ``(None, None, {})`` (its size comes from the teacher).
     """
     if config.synthetic_data:
         return None, None, {}
-    max_eval_images = None if config.eval_max_batches is None \
+    max_eval_images = config.max_eval_images if config.eval_max_batches is None \
         else config.eval_max_batches * (config.eval_batch_size or config.batch_size) * num_processes
-    splits = load_splits(
-        config.dataset, config.train_split, config.eval_split, config.max_train_images, max_eval_images,
-        subset_seed=config.subset_seed, image_column=config.image_column, label_column=config.label_column,
-        streaming=config.streaming, labels=False, require_all_classes=False, eval_fraction=config.eval_fraction)
+    splits = config.load_splits(max_eval_images=max_eval_images, streaming=config.streaming, labels=False,
+                                require_all_classes=False)
     return splits.train, splits.eval, splits.subsets
 
 
