@@ -353,7 +353,12 @@ def _dynamic_shapes(
     return (dims,) if dims else None
 
 
-def _trace(prepared: _Prepared, dynamic_batch: bool, dynamic_size: bool, batch_size: int) -> torch.export.ExportedProgram:
+def _trace(
+        prepared: _Prepared,
+        dynamic_batch: bool,
+        dynamic_size: bool,
+        batch_size: int,
+) -> torch.export.ExportedProgram:
     example = _images(prepared, 2 if dynamic_batch else batch_size, _trace_size(prepared, dynamic_size), seed=0)
     with torch.no_grad():
         return torch.export.export(
@@ -384,6 +389,7 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float
 
 
 def _run_checks(
+        out: Path,
         prepared: _Prepared,
         run: Callable[[torch.Tensor], torch.Tensor],
         dtype: str,
@@ -399,7 +405,15 @@ def _run_checks(
         reference = prepared.reference if img_size == prepared.img_size else prepared.reference_any_size
         with torch.no_grad():
             expected = reference(images)
-            actual = run(images.to(DTYPES[dtype]))
+            try:
+                actual = run(images.to(DTYPES[dtype]))
+            except Exception as err:  # onnxruntime's and torch's guard errors have no common base
+                traced = "x".join(map(str, _trace_size(prepared, dynamic_size)))
+                raise RuntimeError(
+                    f"{out} was written but does not run at batch {batch}, {img_size[0]}x{img_size[1]} (it was traced "
+                    f"at {traced}): {type(err).__name__}: {str(err).splitlines()[0]}. The model's code freezes the "
+                    "traced shape somewhere (a Python number taken from a tensor size); do not deploy the file."
+                ) from err
         checks.append(SizeCheck(batch, img_size, *_compare(actual.cpu(), expected.cpu())))
     return tuple(checks)
 
@@ -477,7 +491,7 @@ def export_onnx(
         (output,) = session.run(None, {"pixel_values": images.cpu().numpy()})
         return torch.from_numpy(output)
 
-    checks = _run_checks(prepared, run, dtype, dynamic_batch, dynamic_size, batch_size)
+    checks = _run_checks(out, prepared, run, dtype, dynamic_batch, dynamic_size, batch_size)
     return _result(out, "onnx", num_bytes, "onnxruntime", checks, prepared, dtype, dynamic_batch, dynamic_size,
                    batch_size)
 
@@ -497,7 +511,7 @@ def export_torch(
     out = _check_out(out, (".pt2",))
     prepared = _prepare(_resolve_model(model), dynamic_size=dynamic_size, dtype=dtype, num_steps=num_steps)
     torch.export.save(_trace(prepared, dynamic_batch, dynamic_size, batch_size), out)
-    checks = _run_checks(prepared, torch.export.load(out).module(), dtype, dynamic_batch, dynamic_size, batch_size)
+    checks = _run_checks(out, prepared, torch.export.load(out).module(), dtype, dynamic_batch, dynamic_size, batch_size)
     return _result(out, "torch-export", out.stat().st_size, "torch.export.load", checks, prepared, dtype,
                    dynamic_batch, dynamic_size, batch_size)
 
@@ -562,9 +576,9 @@ def export_command(args: argparse.Namespace) -> int:
     for check in result.checks:
         print(f"  batch {check.batch_size}, {check.img_size[0]}x{check.img_size[1]}: max abs diff "
               f"{check.max_abs_diff:.2e}, relative {check.max_rel_diff:.2e}")
-    print(f"{result.checked_with} ({result.dtype}) vs eager PyTorch (fp32): max abs diff {result.max_abs_diff:.2e}, "
-          f"max relative diff {result.max_rel_diff:.2e} over {len(result.checks)} checks "
-          f"(tolerance {result.tolerance:.0e})")
+    print(f"{result.checked_with} vs eager PyTorch: max abs diff {result.max_abs_diff:.2e}, max relative diff "
+          f"{result.max_rel_diff:.2e} over {len(result.checks)} checks ({result.dtype} graph against fp32 eager; "
+          f"tolerance {result.tolerance:.0e})")
     if not result.within_tolerance:
         print(f"error: the written graph differs from eager by more than {result.tolerance:.0e} (relative); the file "
               "is kept for inspection, but do not deploy it")

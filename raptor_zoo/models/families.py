@@ -8,9 +8,10 @@ here, in one registry keyed by the timm model class:
   XCiT first run their class-attention blocks, SAM its neck);
 - where each block type's residual branches pass a drop-path module (the depth gates and per-step stochastic
   depth sit there) and which linear layers relaxation adapts;
-- how the family runs at image sizes other than its built one (`dynamic_size`: timm's `dynamic_img_size` switch, any
-  size, or a fixed grid) and what its eager code needs to trace into a graph that is correct at every size
-  (`make_exportable`: DINOv3's RoPE), for `raptor_zoo.export`.
+- how the family's exported graph can take image sizes other than its built one (`dynamic_size`: timm's
+  `dynamic_img_size` switch, any size, or a fixed grid) and what its eager code needs to trace into a graph that is
+  correct at every size
+  (`make_exportable`: DINOv3's RoPE, SAM's attention), for `raptor_zoo.export`.
 How a family embeds an image and what a block call takes (RoPE, relative-position bias, grid size, masks) is not
 restated: raptor_zoo reads it off the family's own forward (hooks on a teacher's blocks, a capturing step loop on a
 Raptor's), so that code runs unchanged.
@@ -31,8 +32,8 @@ __all__ = [
     'make_exportable',
 ]
 
-# how a family runs at other image sizes: 'flag' = timm's dynamic_img_size (a model built without it can switch it
-# on), 'always' = at any multiple of the patch, 'fixed' = only at the grid it was built for
+# how a family's exported graph can take other image sizes: 'flag' = timm's dynamic_img_size (a model built without
+# it can switch it on), 'always' = any multiple of the patch, 'fixed' = only the grid it was built for
 DYNAMIC_SIZE_MODES: Tuple[str, ...] = ('flag', 'always', 'fixed')
 
 
@@ -133,6 +134,15 @@ def _exportable_eva(model: nn.Module) -> None:
         rope.__class__ = _ExportableRopeDinoV3
 
 
+def _exportable_sam(model: nn.Module) -> None:
+    """SAM's attention calls scaled_dot_product_attention on 3-D [B * heads, N, head_dim] tensors, which torch's
+    ONNX exporter does not translate (it takes 4-D ones); its unfused path (q k^T, softmax, @ v; the same maths) is
+    plain MatMul / Softmax."""
+    for module in model.modules():
+        if type(module).__name__ == 'Attention' and type(module).__module__ == 'timm.models.vision_transformer_sam':
+            module.fused_attn = False
+
+
 def _nothing_to_change(model: nn.Module) -> None:
     return None
 
@@ -200,7 +210,9 @@ FAMILIES: Tuple[FamilyAdapter, ...] = (
         'sam', ('VisionTransformerSAM',), ('vision_transformer_sam',), finish=_sam_finish, nhwc_states=True,
         notes='States are [B, H, W, D] inside the stack (flattened to tokens in trajectories); each shared block '
               'keeps the window / global attention of the teacher layer it was built from; the neck is the head.',
-        block_types=('Block',), dynamic_size='always'),
+        block_types=('Block',), make_exportable=_exportable_sam, dynamic_size='fixed',
+        fixed_size_reason="its global-attention blocks resize their relative-position tables with Python ints taken "
+                          "from the grid (timm's get_rel_pos), which an exported graph freezes at the traced size"),
     FamilyAdapter(
         'naflexvit', ('NaFlexVit',), ('naflexvit',),
         notes='Fixed-size image tensors; NaFlex patch dictionaries run through the same step views.',
@@ -279,12 +291,13 @@ def _require_family(model: nn.Module) -> FamilyAdapter:
 
 
 def enable_dynamic_img_size(model: nn.Module) -> None:
-    """Let `model` run at any image size that is a multiple of its patch, in place (call it on a copy).
+    """Let `model` run at any image size that is a multiple of its patch, in place (call it on a copy), for an
+    exported graph with a free size.
 
     A family with timm's `dynamic_img_size` gets it switched on as timm's constructor sets it up (outputs at the
     built size are unchanged; other sizes resample the position embedding / RoPE grid as timm does); families that
-    take any size already are left alone. Raises ValueError for a family whose position tables are built for one
-    grid, naming the way out (a graph per size).
+    take any size already are left alone. Raises ValueError for a family whose graph is tied to one grid (position
+    tables built for it), naming the way out (a graph per size).
     """
     family = _require_family(model)
     if family.dynamic_size == 'always' or getattr(model, 'dynamic_img_size', False):
@@ -292,7 +305,7 @@ def enable_dynamic_img_size(model: nn.Module) -> None:
     if family.dynamic_size == 'fixed':
         height, width = native_img_size(model)
         raise ValueError(
-            f'{type(model).__name__} runs only at the image size it was built for ({height}x{width}): '
+            f'An exported {type(model).__name__} takes only the image size it was built for ({height}x{width}): '
             f'{family.fixed_size_reason}. Export it at a fixed size (leave out dynamic size / --dynamic-size), one '
             'graph per size: build the model with img_size=<size> for another one.')
     family.switch_to_dynamic(model)
@@ -300,7 +313,8 @@ def enable_dynamic_img_size(model: nn.Module) -> None:
 
 def make_exportable(model: nn.Module) -> None:
     """Replace, in place (call it on a copy), eager code of the model's family that traces into a graph that is
-    wrong at other input sizes by code with the same outputs that traces correctly (DINOv3's RoPE grid)."""
+    wrong at other input sizes (DINOv3's RoPE grid) or that torch's ONNX exporter cannot translate (SAM's 3-D fused
+    attention) by code computing the same outputs."""
     _require_family(model).make_exportable(model)
 
 
