@@ -218,8 +218,8 @@ def summary_line(records: Sequence[Dict[str, Any]], environment: Dict[str, Any])
     return (f"{exported} of {len(records)} rows export within {TOLERANCES['fp32']:.0e} (fp32), {dynamic} of them with "
             f"a free image size; measured {environment['date']} with torch {environment['torch']}, onnxscript "
             f"{environment['onnxscript']}, onnxruntime {environment['onnxruntime']} "
-            f"(`python benchmarks/export_coverage.py`, {environment['seconds']:.0f} s on {environment['cpus']} CPU "
-            'threads).')
+            f"(`python benchmarks/export_coverage.py`, {environment['seconds']:.0f} s with {environment['cpus']} CPU "
+            f"thread{'s' if environment['cpus'] != 1 else ''}).")
 
 
 def write_doc_table(doc: Path, table: str, summary: str) -> None:

@@ -13,7 +13,7 @@ graph unrolls the L block applications but refers to each of the k unique blocks
 what model.safetensors holds.
 
 The input is ``pixel_values`` (normalised images [B, C, H, W]), the output ``logits``, or the pooled ``features``
-of a headless model. The batch is free by default (``static_batch`` / ``--static-batch`` fixes it); with
+of a headless model. The batch is free by default (``dynamic_batch=False`` / ``--static-batch`` fixes it); with
 ``dynamic_size`` H and W are free too (multiples of the patch): a family with timm's ``dynamic_img_size`` gets it
 switched on in the exported copy, and the position-embedding resize and RoPE tables are computed in the graph from
 the input's grid (see docs/export.md). ``dtype="fp16"`` stores weights and computes in float16 (input and output
@@ -467,12 +467,15 @@ def export_onnx(
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(f"ONNX export needs {missing} (torch's exporter): pip install 'raptor_zoo[export]'.")
+    import numpy
+
     out = _check_out(out, (".onnx",))
     prepared = _prepare(_resolve_model(model), dynamic_size=dynamic_size, dtype=dtype, num_steps=num_steps)
     weight_bytes = sum(t.numel() * t.element_size() for t in prepared.deploy.state_dict().values())
     program = _trace(prepared, dynamic_batch, dynamic_size, batch_size)
     program = program.run_decompositions(portable_resize_decompositions())
-    with torch.no_grad():
+    # constant folding evaluates both branches of a sigmoid in fp16: the overflowing one is discarded
+    with torch.no_grad(), numpy.errstate(over="ignore", invalid="ignore"):
         onnx_program = torch.onnx.export(
             program, dynamo=True, input_names=["pixel_values"], output_names=[_output_name(prepared.deploy)],
             opset_version=opset_version, verbose=False)
@@ -485,7 +488,9 @@ def export_onnx(
         return _result(out, "onnx", num_bytes, None, (), prepared, dtype, dynamic_batch, dynamic_size, batch_size)
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: fp16 graphs log every MatMul the CPU provider cannot pre-fold
+    session = onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
 
     def run(images: torch.Tensor) -> torch.Tensor:
         (output,) = session.run(None, {"pixel_values": images.cpu().numpy()})
@@ -556,8 +561,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def export_command(args: argparse.Namespace) -> int:
-    """``raptor-zoo export``: write the graph, then report its size and its difference from eager (exit 1 when a
-    check exceeds the tolerance)."""
+    """``raptor-zoo export``: write the graph, then report its size and its difference from eager. An fp32 graph
+    beyond the tolerance is wrong (exit 1); an fp16 graph beyond it gets a warning, as fp16 loses what the model's
+    own numbers need (values below fp16's normal range, large activations), which says nothing about the export."""
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}.")
@@ -579,8 +585,12 @@ def export_command(args: argparse.Namespace) -> int:
     print(f"{result.checked_with} vs eager PyTorch: max abs diff {result.max_abs_diff:.2e}, max relative diff "
           f"{result.max_rel_diff:.2e} over {len(result.checks)} checks ({result.dtype} graph against fp32 eager; "
           f"tolerance {result.tolerance:.0e})")
-    if not result.within_tolerance:
-        print(f"error: the written graph differs from eager by more than {result.tolerance:.0e} (relative); the file "
-              "is kept for inspection, but do not deploy it")
-        return 1
-    return 0
+    if result.within_tolerance:
+        return 0
+    if result.dtype == "fp16":
+        print(f"warning: fp16 differs from eager fp32 by more than {result.tolerance:.0e} (relative) for this model; "
+              "the fp32 graph is the faithful one: measure your task's metric before deploying fp16")
+        return 0
+    print(f"error: the written graph differs from eager by more than {result.tolerance:.0e} (relative); the file "
+          "is kept for inspection, but do not deploy it")
+    return 1
