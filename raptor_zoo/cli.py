@@ -6,7 +6,7 @@
                          --adaptive: per-image early exit, accuracy vs depth and img/s, Raptor beside teacher
     raptor-zoo analyze   dynamical interpretability of a Raptor and its teacher (JSON + PNGs)
     raptor-zoo push      upload a saved Raptor folder to the Hub (--dry-run lists what would go up)
-    raptor-zoo export    a Raptor as ONNX or a torch.export program, checked against eager
+    raptor-zoo export    a Raptor or a teacher as ONNX or a torch.export program, checked against eager
 """
 import argparse
 import sys
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     push = subparsers.add_parser('push', help='upload a Raptor folder (weights, config, card) to the Hub')
     add_push_arguments(push)
     push.set_defaults(func=push_command)
-    export = subparsers.add_parser('export', help='a Raptor as ONNX or a torch.export program (numerics checked)')
+    export = subparsers.add_parser(
+        'export', help='a Raptor or a teacher as ONNX or a torch.export program (numerics checked)')
     add_export_arguments(export)
     export.set_defaults(func=export_command)
     return parser

@@ -7,7 +7,11 @@ here, in one registry keyed by the timm model class:
 - how a final block state becomes the family's `forward_features` output (`finish`: the final norm; CaiT and
   XCiT first run their class-attention blocks, SAM its neck);
 - where each block type's residual branches pass a drop-path module (the depth gates and per-step stochastic
-  depth sit there) and which linear layers relaxation adapts.
+  depth sit there) and which linear layers relaxation adapts;
+- how the family's exported graph can take image sizes other than its built one (`dynamic_size`: timm's
+  `dynamic_img_size` switch, any size, or a fixed grid) and what its eager code needs to trace into a graph that is
+  correct at every size
+  (`make_exportable`: DINOv3's RoPE, SAM's attention), for `raptor_zoo.export`.
 How a family embeds an image and what a block call takes (RoPE, relative-position bias, grid size, masks) is not
 restated: raptor_zoo reads it off the family's own forward (hooks on a teacher's blocks, a capturing step loop on a
 Raptor's), so that code runs unchanged.
@@ -19,12 +23,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from timm.layers import Format
+from timm.layers.pos_embed_sincos import RotaryEmbeddingDinoV3
 
 __all__ = [
     'FamilyAdapter', 'FAMILIES', 'family_of', 'residual_branches', 'relax_layers', 'TokenLayout', 'native_img_size',
     'patch_size_of', 'in_chans_of', 'accepts_any_img_size', 'pair', 'patch_embedding', 'EMBEDDING_PARAMETER_PREFIXES',
-    'HEAD_PARAMETER_PREFIXES', 'attention_dropout', 'feature_grid', 'final_norm',
+    'HEAD_PARAMETER_PREFIXES', 'attention_dropout', 'feature_grid', 'final_norm', 'DYNAMIC_SIZE_MODES',
+    'enable_dynamic_img_size', 'make_exportable',
 ]
+
+# how a family's exported graph can take other image sizes: 'flag' = timm's dynamic_img_size (a model built without
+# it can switch it on), 'always' = any multiple of the patch, 'fixed' = only the grid it was built for
+DYNAMIC_SIZE_MODES: Tuple[str, ...] = ('flag', 'always', 'fixed')
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,77 @@ def _no_prefix_layout(model: nn.Module) -> TokenLayout:
     return TokenLayout(0, 0, False)
 
 
+def _switch_patch_embed_to_dynamic(model: nn.Module) -> None:
+    """What timm's VisionTransformer / Eva constructors do for dynamic_img_size=True: the patch embedding keeps its
+    NHWC grid (flattened after the position embedding is resampled to it) and accepts any image size."""
+    embedding = model.patch_embed
+    if not all(hasattr(embedding, name) for name in ('strict_img_size', 'flatten', 'output_fmt')):
+        raise ValueError(
+            f'{type(model).__name__} has a {type(embedding).__name__} patch embedding that raptor_zoo cannot switch to '
+            'dynamic image sizes; create the model with dynamic_img_size=True '
+            '(timm.create_model(..., dynamic_img_size=True)).')
+    embedding.strict_img_size = False
+    embedding.flatten = False
+    embedding.output_fmt = Format.NHWC
+    model.dynamic_img_size = True
+
+
+def _switch_eva_to_dynamic(model: nn.Module) -> None:
+    """The patch embedding as ViT's; a RoPE built with a cached table for the grid (EVA-02's RotaryEmbeddingCat)
+    computes it from the grid of each input instead, as timm builds it for dynamic_img_size=True (timm keeps the
+    frequency bands in both modes). DINOv3's, mixed and M-RoPE tables are computed per input size already."""
+    _switch_patch_embed_to_dynamic(model)
+    rope = getattr(model, 'rope', None)
+    if rope is not None and getattr(rope, '_use_cached_embed', False):
+        rope._use_cached_embed = False
+
+
+class _ExportableRopeDinoV3(RotaryEmbeddingDinoV3):
+    """DINOv3's RoPE whose coordinate grid divides by the grid size as a graph value.
+
+    timm's `_build_grid` normalises the centred coordinates by `float(H)` / `float(W)`; under `torch.export` with a
+    free image size that conversion freezes the example input's grid size into the graph, so the exported model
+    applies the wrong rotations at every other size. This computes the same coordinates (the same float32 ops, so
+    eager outputs are bit-identical) without leaving the graph.
+    """
+
+    def _create_embed(self, feat_shape: List[int], no_aug: bool = False) -> torch.Tensor:
+        if self.training and self.aug_active and not no_aug:
+            return super()._create_embed(feat_shape, no_aug=no_aug)
+        shape = [feat_shape[1], feat_shape[0]] if self.grid_indexing == 'xy' else list(feat_shape)
+        if self.normalize_coords == 'separate':
+            denominators = shape
+        elif self.normalize_coords in ('max', 'min'):
+            extreme = torch.sym_max(*shape) if self.normalize_coords == 'max' else torch.sym_min(*shape)
+            denominators = [extreme, extreme]
+        else:
+            raise ValueError(f'Unknown normalize_coords: {self.normalize_coords}')
+        axes = [(torch.arange(0.5, size, dtype=torch.float32) + self.grid_offset) / denominator
+                for size, denominator in zip(shape, denominators)]
+        grid = torch.stack(torch.meshgrid(axes, indexing=self.grid_indexing), dim=-1)
+        sin, cos = self._get_pos_embed_from_coords((2.0 * grid - 1.0).flatten(0, -2))
+        return torch.cat([sin, cos], dim=-1)
+
+
+def _exportable_eva(model: nn.Module) -> None:
+    rope = getattr(model, 'rope', None)
+    if type(rope) is RotaryEmbeddingDinoV3:
+        rope.__class__ = _ExportableRopeDinoV3
+
+
+def _exportable_sam(model: nn.Module) -> None:
+    """SAM's attention calls scaled_dot_product_attention on 3-D [B * heads, N, head_dim] tensors, which torch's
+    ONNX exporter does not translate (it takes 4-D ones); its unfused path (q k^T, softmax, @ v; the same maths) is
+    plain MatMul / Softmax."""
+    for module in model.modules():
+        if type(module).__name__ == 'Attention' and type(module).__module__ == 'timm.models.vision_transformer_sam':
+            module.fused_attn = False
+
+
+def _nothing_to_change(model: nn.Module) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
     """What raptor_zoo knows about one family of timm ViTs (see the module docstring)."""
@@ -79,8 +161,16 @@ class FamilyAdapter:
     block_types: Tuple[str, ...] = field(default_factory=tuple)
     state_only_blocks: bool = False
     """Its blocks take the state alone (no RoPE, relative-position bias or grid argument per call)."""
-    any_img_size: bool = False
-    """Its models run at any image size without being built for it (NaFlex)."""
+    dynamic_size: str = 'flag'
+    fixed_size_reason: str = ''
+    switch_to_dynamic: Callable[[nn.Module], None] = _switch_patch_embed_to_dynamic
+    make_exportable: Callable[[nn.Module], None] = _nothing_to_change
+
+    def __post_init__(self) -> None:
+        if self.dynamic_size not in DYNAMIC_SIZE_MODES:
+            raise ValueError(f'dynamic_size must be one of {DYNAMIC_SIZE_MODES}, got {self.dynamic_size!r}.')
+        if self.dynamic_size == 'fixed' and not self.fixed_size_reason:
+            raise ValueError(f'family {self.name!r} runs at a fixed size: give fixed_size_reason (the error says it).')
 
     def token_layout(self, model: nn.Module) -> TokenLayout:
         return self.layout(model)
@@ -105,34 +195,42 @@ FAMILIES: Tuple[FamilyAdapter, ...] = (
     FamilyAdapter(
         'eva', ('Eva',), ('eva',),
         notes='EVA-02, EVA-CLIP, DINOv3 and Perception Encoder: RoPE reaches every step as the family passes it.',
-        block_types=('EvaBlock', 'EvaBlockPostNorm')),
+        block_types=('EvaBlock', 'EvaBlockPostNorm'), switch_to_dynamic=_switch_eva_to_dynamic,
+        make_exportable=_exportable_eva),
     FamilyAdapter(
         'beit', ('Beit',), ('beit',),
         notes='The shared relative-position bias (when used) stays in the stem; per-block biases travel with '
               'the shared blocks.',
-        block_types=('Block',)),
+        block_types=('Block',), dynamic_size='fixed',
+        fixed_size_reason="its relative-position bias tables are built for one grid (timm's Beit has no "
+                          'dynamic_img_size)'),
     FamilyAdapter(
         'relpos', ('VisionTransformerRelPos',), ('vision_transformer_relpos',),
-        block_types=('RelPosBlock', 'ResPostRelPosBlock')),
+        block_types=('RelPosBlock', 'ResPostRelPosBlock'), dynamic_size='fixed',
+        fixed_size_reason="its relative-position bias is built for one grid (timm's VisionTransformerRelPos has no "
+                          'dynamic_img_size)'),
     FamilyAdapter(
         'sam', ('VisionTransformerSAM',), ('vision_transformer_sam',), finish=_sam_finish, nhwc_states=True,
         state_only_blocks=True,
         notes='States are [B, H, W, D] inside the stack (flattened to tokens in trajectories); each shared block '
               'keeps the window / global attention of the teacher layer it was built from; the neck is the head.',
-        block_types=('Block',)),
+        block_types=('Block',), make_exportable=_exportable_sam, dynamic_size='fixed',
+        fixed_size_reason="its global-attention blocks resize their relative-position tables with Python ints taken "
+                          "from the grid (timm's get_rel_pos), which an exported graph freezes at the traced size"),
     FamilyAdapter(
-        'naflexvit', ('NaFlexVit',), ('naflexvit',), any_img_size=True,
+        'naflexvit', ('NaFlexVit',), ('naflexvit',),
         notes='Fixed-size image tensors; NaFlex patch dictionaries run through the same step views.',
-        block_types=('Block', 'EvaBlock')),
+        block_types=('Block', 'EvaBlock'), dynamic_size='always'),
     FamilyAdapter(
         'xcit', ('Xcit',), ('xcit',), finish=_class_attention_finish('cls_attn_blocks'), layout=_no_prefix_layout,
         notes='The recurrent part is the self-attention (XCA) stack; the class-attention blocks stay with the head.',
-        block_types=('XCABlock',)),
+        block_types=('XCABlock',), dynamic_size='always'),
     FamilyAdapter(
         'cait', ('Cait',), ('cait',), finish=_class_attention_finish('blocks_token_only'), layout=_no_prefix_layout,
         state_only_blocks=True,
         notes='The recurrent part is the self-attention stack; the class-attention blocks stay with the head.',
-        block_types=('LayerScaleBlock',)),
+        block_types=('LayerScaleBlock',), dynamic_size='fixed',
+        fixed_size_reason="its position embedding is a table for one grid (timm's Cait has no dynamic_img_size)"),
 )
 
 
@@ -195,7 +293,42 @@ def in_chans_of(model: nn.Module) -> int:
 def accepts_any_img_size(model: nn.Module) -> bool:
     """Whether the model runs at sizes other than its native one (dynamic size, or a family that always does)."""
     family = family_of(model)
-    return bool(getattr(model, 'dynamic_img_size', False)) or (family is not None and family.any_img_size)
+    return bool(getattr(model, 'dynamic_img_size', False)) or (family is not None and family.dynamic_size == 'always')
+
+
+def _require_family(model: nn.Module) -> FamilyAdapter:
+    family = family_of(model)
+    if family is None:
+        raise TypeError(f'{type(model).__name__} is not a model of a supported timm ViT family (see docs/teachers.md).')
+    return family
+
+
+def enable_dynamic_img_size(model: nn.Module) -> None:
+    """Let `model` run at any image size that is a multiple of its patch, in place (call it on a copy), for an
+    exported graph with a free size.
+
+    A family with timm's `dynamic_img_size` gets it switched on as timm's constructor sets it up (outputs at the
+    built size are unchanged; other sizes resample the position embedding / RoPE grid as timm does); families that
+    take any size already are left alone. Raises ValueError for a family whose graph is tied to one grid (position
+    tables built for it), naming the way out (a graph per size).
+    """
+    family = _require_family(model)
+    if family.dynamic_size == 'always' or getattr(model, 'dynamic_img_size', False):
+        return
+    if family.dynamic_size == 'fixed':
+        height, width = native_img_size(model)
+        raise ValueError(
+            f'An exported {type(model).__name__} takes only the image size it was built for ({height}x{width}): '
+            f'{family.fixed_size_reason}. Export it at a fixed size (leave out dynamic size / --dynamic-size), one '
+            'graph per size: build the model with img_size=<size> for another one.')
+    family.switch_to_dynamic(model)
+
+
+def make_exportable(model: nn.Module) -> None:
+    """Replace, in place (call it on a copy), eager code of the model's family that traces into a graph that is
+    wrong at other input sizes (DINOv3's RoPE grid) or that torch's ONNX exporter cannot translate (SAM's 3-D fused
+    attention) by code computing the same outputs."""
+    _require_family(model).make_exportable(model)
 
 
 def residual_branches(block: nn.Module) -> List[Tuple[str, Tuple[int, ...]]]:
