@@ -25,8 +25,7 @@ from torch import nn
 
 from .models.raptor_vit import RaptorVisionTransformer
 
-__all__ = ["FORMATS", "ExportResult", "export", "export_onnx", "export_torch", "add_export_arguments",
-           "export_command"]
+__all__ = ["FORMATS", "ExportResult", "export", "export_onnx", "export_torch", "export_command"]
 
 Format = Literal["onnx", "torch-export"]
 FORMATS: tuple[str, ...] = ("onnx", "torch-export")
@@ -177,20 +176,6 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     return (export_onnx if format == "onnx" else export_torch)(model, out, **options)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``raptor-zoo export``."""
-    parser.add_argument("model", help="a Raptor: zoo name (raptor-digits-k2), folder or Hub repo id")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="graph format (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="file to write: .onnx or .pt2 (default: None, required)")
-    parser.add_argument("--dynamic-batch", "--dynamic_batch", dest="dynamic_batch", action="store_true",
-                        help="batch size free at run time (default: fixed at --batch-size)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1,
-                        help="batch size of a fixed-batch graph (default: %(default)s)")
-    parser.add_argument("--num-steps", "--num_steps", dest="num_steps", type=int, default=None,
-                        help="anytime depth: stop after this many block applications (default: all L)")
-    return parser
 
 
 def export_command(args: argparse.Namespace) -> int:
