@@ -271,7 +271,7 @@ def test_bench_command_end_to_end(tmp_path):
         '--batch-sizes', '1', '2', '--out', str(tmp_path), '--note', 'test run', '--num-threads', '1'])
     paths = bench_command(args)
     assert {p.name for p in paths.values()} == {
-        f'throughput_vit_digits_patch8_reg4_k2_eager_fp32.{ext}' for ext in ('json', 'md', 'png')}
+        f'throughput_vit_digits_patch8_reg4_k2_eager_fp32_b1-2.{ext}' for ext in ('json', 'md', 'png')}
     payload = json.loads(paths['json'].read_text())
     assert payload['settings']['modes'] == ['eager'] and 'test run' in payload['notes']
     assert payload['environment']['host_cpu_count'] >= 1 and payload['environment']['timm'] == timm.__version__

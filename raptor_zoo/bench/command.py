@@ -123,7 +123,8 @@ def _anytime_depth(args: argparse.Namespace) -> int:
 
 
 def _run_stem(settings: BenchSettings) -> str:
-    """File stem of a run: throughput_<teacher>_k<k values>_<modes>_<dtypes>, so split runs do not collide."""
+    """File stem of a run: throughput_<teacher>_k<k values>_<modes>_<dtypes>_b<batch sizes>, so runs split by model,
+    mode, dtype or batch size (benchmarks/run_gpu.py's parts) do not overwrite each other."""
     from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS
     teacher = settings.teacher or REGISTERED_RAPTOR_ARCHS[settings.arch[0]]['teacher']
 
@@ -133,7 +134,8 @@ def _run_stem(settings: BenchSettings) -> str:
         return f"{spec['k']}" + (f"r{rank}" if rank else '')
 
     ks = list(dict.fromkeys([*map(str, settings.k), *map(label, settings.arch)]))
-    return f"throughput_{teacher}_k{'-'.join(map(str, ks))}_{'-'.join(settings.modes)}_{'-'.join(settings.dtypes)}"
+    return (f"throughput_{teacher}_k{'-'.join(ks)}_{'-'.join(settings.modes)}_{'-'.join(settings.dtypes)}"
+            f"_b{'-'.join(map(str, settings.batch_sizes))}")
 
 
 def bench_command(args: argparse.Namespace) -> dict[str, Path]:
