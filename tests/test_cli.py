@@ -58,6 +58,20 @@ def test_help_and_argument_errors_import_no_torch(argv, status, shown):
     assert shown in out + err
 
 
+@pytest.mark.slow
+def test_import_raptor_zoo_registers_and_leaves_datasets_and_the_hub_for_later():
+    """`import raptor_zoo` registers every architecture; teachers (datasets) and the Hub folder load on first use."""
+    code = ("import sys, timm, raptor_zoo; "
+            "later = [m for m in ('datasets', 'raptor_zoo.teachers', 'raptor_zoo.hub', 'raptor_zoo.zoo') "
+            "if m in sys.modules]; "
+            "registered = [timm.is_model(m) for m in ('raptor_vit_small_patch14_reg4_dinov2_k2', "
+            "'vit_digits_patch8_reg4', 'transformers_vision_encoder')]; "
+            "print(later, registered, raptor_zoo.load_teacher.__module__, raptor_zoo.from_pretrained.__module__)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.stdout.split() == ["[]", "[True,", "True,", "True]", "raptor_zoo.teachers", "raptor_zoo.hub"], run.stderr
+
+
 def test_every_distill_config_field_is_a_flag_of_raptor_zoo_distill(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["distill", "--help"])
