@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from raptor_zoo.bench_adaptive import adaptive_bench_command, add_adaptive_arguments
+from raptor_zoo.bench_adaptive import adaptive_bench_command
+from raptor_zoo_cli.options import add_adaptive_arguments
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results' / 'adaptive_depth'
 

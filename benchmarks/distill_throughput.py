@@ -103,6 +103,25 @@ def single_model_steps(teacher, student: RaptorVisionTransformer, images: torch.
     return {'teacher_forward': teacher_forward, 'student_forward_backward': student_forward_backward}
 
 
+def student_schedule(config: Any, depth: int) -> tuple[tuple[int, ...], str]:
+    """(block_schedule, where it came from): the config's, else the paper's boundaries scaled to the depth (k = 2..4),
+    else even; phases are not discovered on a random-init teacher."""
+    if config.block_schedule:
+        return tuple(config.block_schedule), 'config'
+    if config.k in PAPER_PHASE_BOUNDARIES:
+        return scaled_paper_schedule(depth, config.k), 'the paper\'s boundaries scaled to the depth'
+    return even_block_schedule(depth, config.k), 'even'
+
+
+def config_stages(config: Any, k: int) -> list:
+    """The recipe's stage plan for the config's schedule and a k-block student."""
+    return stage_plan(
+        config.schedule, k, config.max_steps, phase_index=config.phase_index,
+        phase_max_steps=config.phase_max_steps, phase_objective=config.phase_objective,
+        joint_objective=config.joint_objective, phase_token_weights=config.phase_token_weights,
+        last_phase_token_weights=config.last_phase_token_weights, joint_token_weights=config.joint_token_weights)
+
+
 def measure_points(stage, config: Any) -> list[tuple[str, int]]:
     """(label, stage step) pairs to time: both TF and AR terms (mid-anneal) and the later AR-only steps."""
     if stage.objective != 'tf_ar':
@@ -296,25 +315,16 @@ def main(argv=None) -> int:
     teacher = load_teacher(config.teacher, pretrained=False, img_size=config.teacher_img_size,
                            **config.teacher_kwargs).to(device)
     depth = teacher.depth
-    if config.block_schedule:
-        schedule = tuple(config.block_schedule)
-        notes.append(f'block_schedule {schedule} from the config')
-    else:
-        schedule = (scaled_paper_schedule(depth, config.k) if config.k in PAPER_PHASE_BOUNDARIES
-                    else even_block_schedule(depth, config.k))
-        source = 'the paper\'s boundaries scaled to the depth' if config.k in PAPER_PHASE_BOUNDARIES else 'even'
-        notes.append(f'phases not discovered (random-init teacher): block_schedule {schedule}, {source}')
+    schedule, source = student_schedule(config, depth)
+    notes.append(f'block_schedule {schedule} from the config' if source == 'config' else
+                 f'phases not discovered (random-init teacher): block_schedule {schedule}, {source}')
     student = RaptorVisionTransformer.from_teacher(
         teacher, block_schedule=schedule, block_type=config.block_type, init=config.init, t_scale=config.t_scale,
         drop_path_rate=config.drop_path_rate, relax_rank=config.relax_rank, relax_init=config.relax_init,
         relax_targets=config.relax_targets).to(device)
     if config.grad_checkpointing:
         student.set_grad_checkpointing(True)
-    stages = stage_plan(
-        config.schedule, len(schedule), config.max_steps, phase_index=config.phase_index,
-        phase_max_steps=config.phase_max_steps, phase_objective=config.phase_objective,
-        joint_objective=config.joint_objective, phase_token_weights=config.phase_token_weights,
-        last_phase_token_weights=config.last_phase_token_weights, joint_token_weights=config.joint_token_weights)
+    stages = config_stages(config, len(schedule))
     if args.stages:
         unknown = sorted(set(args.stages) - {stage.name for stage in stages})
         if unknown:

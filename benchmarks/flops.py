@@ -27,7 +27,7 @@ from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
 
-def flops_table(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_flops_table(rows: Sequence[dict[str, Any]]) -> str:
     """The FLOPs / params rows as a Markdown table."""
     lines = [
         '| arch | k | schedule | teacher GFLOPs | Raptor GFLOPs | FLOPs ratio | teacher params (M) | Raptor params (M) '
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     suffix = '' if args.img_size == 224 else f'_{args.img_size}px'
     json_path = write_json(rows, out / f'flops{suffix}.json', environment, settings, notes)
-    table = flops_table(rows)
+    table = markdown_flops_table(rows)
     md_path = out / f'flops{suffix}.md'
     md_path.write_text('\n'.join([
         f'# FLOPs and parameters: every registered Raptor vs its teacher ({args.img_size} px, batch 1)', '',

@@ -10,7 +10,7 @@ Anytime rows time the Raptor stopped after fewer than L block applications.
     python benchmarks/throughput.py --teacher vit_base_patch14_reg4_dinov2 --k 2 3 --device cuda \
         --modes eager compile cudagraphs --dtypes bf16 fp32 --batch-sizes 1 8 64 256
 
-Writes throughput_<teacher>_k<k>_<modes>_<dtypes>.json / .md / .png into --out
+Writes throughput_<teacher>_k<k>_<modes>_<dtypes>_b<batch sizes>.json / .md / .png into --out
 (default benchmarks/results/<device>-<date>/).
 The same command is `raptor-zoo bench ...`.
 """

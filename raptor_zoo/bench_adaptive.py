@@ -11,8 +11,8 @@ Un-timed curves from one full-depth pass per model: the fixed-depth anytime curv
 accuracy / mean-depth trade-off of every criterion over a dense threshold grid (the exits a whole-batch run would
 take, :func:`raptor_zoo.adaptive.exit_steps_for`).
 
-``benchmarks/adaptive_depth.py`` and ``raptor-zoo bench --adaptive`` are :func:`add_adaptive_arguments` +
-:func:`adaptive_bench_command`.
+``benchmarks/adaptive_depth.py`` and ``raptor-zoo bench --adaptive`` are ``raptor_zoo_cli.options.add_adaptive_arguments``
++ :func:`adaptive_bench_command`.
 """
 from __future__ import annotations
 
@@ -28,21 +28,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .adaptive import CRITERIA, DEFAULT_CRITERION, adaptive_forward, exit_steps_for, halting_scores
+from raptor_zoo_cli.options import DEFAULT_THRESHOLDS
+
+from .adaptive import CRITERIA, adaptive_forward, exit_steps_for, halting_scores
 from .bench import environment_info, resolve_device, write_json
 
 __all__ = [
     'DEFAULT_THRESHOLDS', 'AdaptiveBenchSettings', 'load_eval_images', 'anytime_curve', 'simulated_sweep',
-    'time_configs', 'run_adaptive_benchmark', 'markdown_report', 'plot_adaptive', 'add_adaptive_arguments',
-    'resolve_adaptive_settings', 'adaptive_bench_command',
+    'time_configs', 'run_adaptive_benchmark', 'markdown_report', 'plot_adaptive', 'resolve_adaptive_settings',
+    'adaptive_bench_command',
 ]
-
-DEFAULT_THRESHOLDS: dict[str, list[float]] = {
-    'confidence': [0.3, 0.2, 0.1, 0.05, 0.02],
-    'prob_change': [0.1, 0.05, 0.02, 0.01, 0.005],
-    'feature_change': [0.3, 0.2, 0.1, 0.05, 0.02],
-}
-"""Threshold sweep per criterion (score < threshold exits), from eager to cautious."""
 
 _DENSE_GRID = [10 ** (-4 + 4 * i / 80) for i in range(81)]  # 1e-4 .. 1, for the un-timed trade-off curves
 _BENCH_ONLY_FLAGS = ('k', 'arch', 'modes', 'dtypes', 'iters', 'anytime_steps', 'anytime_batch_size')
@@ -355,48 +350,6 @@ def plot_adaptive(result: dict[str, Any], settings: AdaptiveBenchSettings, path:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-
-def add_adaptive_arguments(parser: argparse.ArgumentParser, standalone: bool = True,
-                           default_results_dir: Union[str, Path] = 'benchmarks/results/adaptive_depth'
-                           ) -> argparse.ArgumentParser:
-    """The adaptive benchmark's flags; ``standalone=False`` leaves out those ``raptor-zoo bench`` already has."""
-    group = parser.add_argument_group('Adaptive depth (raptor-zoo bench --adaptive)')
-    if not standalone:
-        group.add_argument('--adaptive', action='store_true',
-                           help='run the adaptive-depth benchmark instead of the throughput one; results go to '
-                                f'{default_results_dir} unless --out is given (default: off)')
-    group.add_argument('--raptor', default='raptor-digits-k2',
-                       help='zoo name or saved folder of the Raptor (default: raptor-digits-k2)')
-    group.add_argument('--data', default='digits',
-                       help="'digits' (embedded), an imagefolder directory or a Hub dataset name (default: digits)")
-    group.add_argument('--split', default='test', help='dataset split (default: test, the held-out digits)')
-    group.add_argument('--num-images', '--num_images', dest='num_images', type=int, default=None,
-                       help='use the first N images of the split (default: all)')
-    group.add_argument('--criterion', choices=sorted(CRITERIA), default=DEFAULT_CRITERION,
-                       help=f'halting criterion (default: {DEFAULT_CRITERION})')
-    group.add_argument('--thresholds', type=float, nargs='+', default=None,
-                       help='thresholds to time (default: per criterion, e.g. confidence '
-                            f'{" ".join(map(str, DEFAULT_THRESHOLDS["confidence"]))})')
-    group.add_argument('--min-steps', '--min_steps', dest='min_steps', type=int, default=None,
-                       help="no exit before this step, for both models (default: end of the Raptor's first phase)")
-    group.add_argument('--batch1-stride', '--batch1_stride', dest='batch1_stride', type=int, default=4,
-                       help='time batch size 1 on every N-th image (default: 4)')
-    if standalone:
-        group.add_argument('--teacher', default=None, help='teacher of the Raptor (default: digits-vit)')
-        group.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'auto' (default: cpu)")
-        group.add_argument('--batch-sizes', '--batch_sizes', dest='batch_sizes', type=int, nargs='+', default=None,
-                           help='batch sizes (default: 1 64)')
-        group.add_argument('--rounds', type=int, default=None, help='alternating timed rounds (default: 3)')
-        group.add_argument('--warmup', type=int, default=None, help='warm-up batches per config (default: 1)')
-        group.add_argument('--num-threads', '--num_threads', dest='num_threads', type=int, default=None,
-                           help="torch.set_num_threads (default: torch's default)")
-        group.add_argument('--out', default=None, help=f'output folder (default: {default_results_dir})')
-        group.add_argument('--note', action='append', default=[],
-                           help='a line written into the results, e.g. "2 CPU cores shared" (repeatable)')
-        group.add_argument('--no-plot', action='store_true', help='skip the PNG (default: plot)')
-    parser.set_defaults(default_adaptive_dir=str(default_results_dir))
-    return parser
-
 
 def resolve_adaptive_settings(args: argparse.Namespace) -> AdaptiveBenchSettings:
     """Fill defaults and validate every flag before a model is loaded."""

@@ -16,7 +16,6 @@ from .models.raptor_base import BlockType, InitMode, RaptorMixin, RelaxInit, che
 from .models.raptor_timm import check_relax_rank_fits, raptor_of_teacher_model
 from .models.recurrent import RELAX_TARGETS
 from .models.schedule import check_k, even_block_schedule, validate_block_schedule
-from .models.services import provide
 from .phases import PhaseResult, discover
 from .teachers import Teacher, load_teacher
 
@@ -135,5 +134,3 @@ def from_teacher(
     model.image_processor = teacher.image_processor  # saved with the Raptor: pipelines prepare images as the teacher's
     return model
 
-
-provide("from_teacher", from_teacher)

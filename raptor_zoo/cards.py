@@ -37,7 +37,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .flops import count_flops, count_params, relaxation_overhead
+from .flops import flops_table
 from .models.configuration_raptor import RaptorConfig
 from .models.raptor_timm import build_teacher_model, raptor_from_model_args
 
@@ -266,10 +266,6 @@ def _img_size(config: RaptorConfig) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _block_params(model: torch.nn.Module) -> int:
-    return count_params(model.blocks)
-
-
 def _fmt_millions(value: float | None) -> str:
     return NOT_MEASURED if value is None else f"{value / 1e6:.2f} M"
 
@@ -354,15 +350,11 @@ def render_model_card(
     raptor = _meta_raptor(config)
     teacher = _meta_teacher(config)
     input_size = (config.num_channels, *_img_size(config))
-    raptor_flops = count_flops(raptor, input_size)
-    teacher_flops = metrics.get("teacher_flops")
-    if teacher_flops is None and teacher is not None:
-        teacher_flops = count_flops(teacher, input_size)
-    teacher_params = metrics.get("teacher_params")
-    teacher_block_params = None
-    if teacher is not None:
-        teacher_params = count_params(teacher) if teacher_params is None else teacher_params
-        teacher_block_params = _block_params(teacher)
+    counted = flops_table(raptor, teacher, input_size)
+    raptor_flops = counted["raptor_flops"]
+    # numbers given in metrics stand for a teacher that cannot be built here
+    teacher_flops = counted["teacher_flops"] if metrics.get("teacher_flops") is None else metrics["teacher_flops"]
+    teacher_params = counted["teacher_params"] if metrics.get("teacher_params") is None else metrics["teacher_params"]
     recovery = None
     if metrics.get("raptor_accuracy") is not None and metrics.get("teacher_accuracy"):
         recovery = float(metrics["raptor_accuracy"]) / float(metrics["teacher_accuracy"])
@@ -372,8 +364,9 @@ def render_model_card(
     throughput_where = f" ({metrics['throughput_device']})" if metrics.get("throughput_device") else ""
     fidelity = metrics.get("fidelity")
     comparison = [
-        ("Parameters (counted)", _fmt_millions(teacher_params), _fmt_millions(count_params(raptor))),
-        ("Block parameters (counted)", _fmt_millions(teacher_block_params), _fmt_millions(_block_params(raptor))),
+        ("Parameters (counted)", _fmt_millions(teacher_params), _fmt_millions(counted["raptor_params"])),
+        ("Block parameters (counted)", _fmt_millions(counted["teacher_block_params"]),
+         _fmt_millions(counted["raptor_block_params"])),
         (f"GFLOPs per image at {input_size[1]}x{input_size[2]} (counted)", _fmt_giga(teacher_flops),
          _fmt_giga(raptor_flops)),
         (f"Throughput, images/s{throughput_where}", _fmt_rate(metrics.get("teacher_throughput")),
@@ -406,15 +399,14 @@ def render_model_card(
     relax_rank = config.relax_rank
     relaxation = None
     if relax_rank:
-        overhead = relaxation_overhead(raptor, input_size)
-        relaxation = (f"rank-{relax_rank} per-step low-rank adapters on {', '.join(overhead['relax_targets'])} of the "
-                      f"shared blocks: +{overhead['relax_params'] / 1e6:.3f} M parameters "
-                      f"(+{100 * overhead['relax_params_fraction_of_blocks']:.1f}% of the shared blocks, "
-                      f"+{100 * overhead['relax_params_fraction']:.1f}% of the model), "
-                      f"+{100 * overhead['relax_flops_fraction']:.2f}% FLOPs (counted)")
+        relaxation = (f"rank-{relax_rank} per-step low-rank adapters on {', '.join(counted['relax_targets'])} of the "
+                      f"shared blocks: +{counted['relax_params'] / 1e6:.3f} M parameters "
+                      f"(+{100 * counted['relax_params_fraction_of_blocks']:.1f}% of the shared blocks, "
+                      f"+{100 * counted['relax_params_fraction']:.1f}% of the model), "
+                      f"+{100 * counted['relax_flops_fraction']:.2f}% FLOPs (counted)")
         limitations.append(
-            f"Its rank-{relax_rank} per-step adapters add {100 * overhead['relax_params_fraction_of_blocks']:.1f}% "
-            f"parameters beyond the k shared blocks and {100 * overhead['relax_flops_fraction']:.2f}% FLOPs; "
+            f"Its rank-{relax_rank} per-step adapters add {100 * counted['relax_params_fraction_of_blocks']:.1f}% "
+            f"parameters beyond the k shared blocks and {100 * counted['relax_flops_fraction']:.2f}% FLOPs; "
             "FLOP parity with the teacher is not exact.")
     if embedding_head:
         limitations.append(

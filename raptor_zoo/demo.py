@@ -14,7 +14,7 @@ from .flops import count_flops, count_params, relaxation_overhead
 from .hub import load_pretrained
 from .teachers import load_teacher
 
-__all__ = ['DEMO_SETTINGS', 'add_demo_arguments', 'demo_command', 'run_demo']
+__all__ = ['DEMO_SETTINGS', 'demo_command', 'run_demo']
 
 # recipes/configs/digits_k2.yaml on a budget that fits the demo's few minutes: phases discovered on 256
 # training images, middle-layer init, one joint stage with TF annealed into AR over the first 25%, cls-weighted
@@ -81,16 +81,6 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
             f"{row['flops'] / 1e9:.4f} | {row['accuracy']:.2%} | {row['accuracy_ratio']:.2%} | "
             f"{row['mean_cosine']:.4f} |")
     return '\n'.join(lines)
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--out', default='demo_out', help='output folder for the Raptor (default: demo_out)')
-    parser.add_argument('--k', type=int, default=2, help='number of unique blocks (default: 2)')
-    parser.add_argument('--max-steps', '--max_steps', dest='max_steps', type=int, default=150,
-                        help='distillation steps (default: 150)')
-    parser.add_argument('--seed', type=int, default=0, help='seed (default: 0)')
-    parser.add_argument('--relax-rank', '--relax_rank', dest='relax_rank', type=int, default=0,
-                        help='rank of per-step low-rank adapters (relaxation); 0 = pure Raptor (default: 0)')
 
 
 def demo_command(args: argparse.Namespace) -> int:

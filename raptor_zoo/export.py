@@ -45,7 +45,7 @@ from .models.families import enable_dynamic_img_size, in_chans_of, make_exportab
 from .models.raptor_base import RaptorMixin
 
 __all__ = ["FORMATS", "DTYPES", "TOLERANCES", "SizeCheck", "ExportResult", "load_model", "export", "export_onnx",
-           "export_torch", "portable_resize_decompositions", "add_export_arguments", "export_command"]
+           "export_torch", "portable_resize_decompositions", "export_command"]
 
 Format = Literal["onnx", "torch-export"]
 Dtype = Literal["fp32", "fp16"]
@@ -531,33 +531,6 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     return (export_onnx if format == "onnx" else export_torch)(model, out, **options)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``raptor-zoo export``."""
-    parser.add_argument("model", help="a Raptor (zoo name such as raptor-digits-k2, folder, Hub repo id, registered "
-                                      "architecture such as raptor_vit_small_patch14_reg4_dinov2_k2) or a teacher "
-                                      "(anything raptor_zoo.load_teacher accepts, e.g. vit_small_patch16_dinov3)")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="graph format (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="file to write: .onnx or .pt2 (default: None, required)")
-    batch = parser.add_mutually_exclusive_group()
-    batch.add_argument("--static-batch", "--static_batch", dest="static_batch", action="store_true",
-                       help="batch fixed at --batch-size (default: the batch is free at run time)")
-    batch.add_argument("--dynamic-batch", "--dynamic_batch", dest="dynamic_batch", action="store_true",
-                       help="batch free at run time: the default, accepted for older commands")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
-                        help="batch size of a fixed-batch graph; implies --static-batch (default: 1 with "
-                             "--static-batch)")
-    parser.add_argument("--dynamic-size", "--dynamic_size", dest="dynamic_size", action="store_true",
-                        help="height and width free at run time, multiples of the patch (default: the model's size)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                        help="weights and compute dtype; fp16 is compared with eager fp32 (default: %(default)s)")
-    parser.add_argument("--num-steps", "--num_steps", dest="num_steps", type=int, default=None,
-                        help="anytime depth: stop after this many block applications (default: all L)")
-    parser.add_argument("--random-init", "--random_init", dest="random_init", action="store_true",
-                        help="random weights for an architecture or teacher name instead of published ones "
-                             "(default: off)")
-    return parser
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ regenerated with the new numbers; an edited one is kept, with a warning, unless 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -41,7 +40,6 @@ import safetensors
 import safetensors.torch
 import timm
 import torch
-import yaml
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -64,7 +62,6 @@ from .models.raptor_base import RaptorMixin
 from .models.archs import REGISTERED_RAPTOR_ARCHS
 from .models.raptor_timm import raptor_from_model_args
 from .models.raptor_vit import checkpoint_filter_fn
-from .models.services import provide
 
 __all__ = [
     "CONFIG_NAME",
@@ -82,8 +79,6 @@ __all__ = [
     "resolve_folder",
     "load_pretrained",
     "push_to_hub",
-    "add_push_arguments",
-    "push_command",
 ]
 
 CONFIG_NAME = "config.json"
@@ -694,47 +689,3 @@ def push_to_hub(
             repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
             create_pr=create_pr, ignore_patterns=[".*", "**/.*"])
     return info.pr_url if create_pr and info.pr_url else info.commit_url
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``raptor-zoo push <folder> --repo-id org/name``."""
-    parser.add_argument("folder", help="Raptor folder written by raptor_zoo.hub.save_pretrained.")
-    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True,
-                        help="Hub repo id, org/name (default: None, required)")
-    parser.add_argument("--private", action="store_true", help="create the repo private (default: False)")
-    parser.add_argument("--revision", default=None, help="branch to commit to, created if absent (default: main)")
-    parser.add_argument("--create-pr", "--create_pr", dest="create_pr", action="store_true",
-                        help="open a pull request instead of committing (default: False)")
-    parser.add_argument("--commit-message", "--commit_message", dest="commit_message",
-                        default="Upload Raptor with raptor_zoo", help="commit message (default: %(default)s)")
-    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token)")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="list the files and the card metadata, upload nothing (default: False)")
-    return parser
-
-
-def push_command(args: argparse.Namespace) -> int:
-    """``raptor-zoo push``: validate the folder, then upload it (or, with --dry-run, show what would be)."""
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{str(folder)!r} is not a folder.")
-    validate_repo_id(args.repo_id)
-    report = _check_folder(folder)
-    if args.dry_run:
-        print(f"Dry run: would upload {len(report['files'])} files from {folder} to {args.repo_id} "
-              f"(private={args.private}, revision={args.revision or 'main'}, create_pr={args.create_pr}):")
-        for name in report["files"]:
-            print(f"  {name}  ({(folder / name).stat().st_size:,} bytes)")
-        print("Card metadata:" if report["card"] is not None else f"No {CARD_NAME}: the repo would have no card.")
-        if report["card"] is not None:
-            print(yaml.safe_dump(report["card"], sort_keys=False).rstrip())
-        return 0
-    url = push_to_hub(folder, args.repo_id, private=args.private, token=args.token,
-                      commit_message=args.commit_message, revision=args.revision, create_pr=args.create_pr)
-    print(url)
-    return 0
-
-
-provide("save_pretrained", save_pretrained)
-provide("load_pretrained", load_pretrained)
-provide("push_to_hub", push_to_hub)

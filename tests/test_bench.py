@@ -16,9 +16,9 @@ import raptor_zoo  # noqa: F401  (registers the architectures)
 from raptor_zoo.bench import (
     add_bench_arguments, bench_command, benchmark_inference, compare_teacher_raptor, flops_row, markdown_table,
     plot_throughput, ratio_stats, resolve_bench_settings, summarise_latencies, write_json, write_markdown)
-from raptor_zoo.flops import count_flops, count_params
-from raptor_zoo.models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer
-from recorders import adapter_flops, depth_scale_flops
+from raptor_zoo.flops import count_flops, count_params, flops_table
+from raptor_zoo.models.raptor_vit import RAPTOR_ARCHS, RaptorVisionTransformer, create_raptor_from_vit
+from recorders import adapter_flops, counted_flops, depth_scale_flops
 
 IMG = 16  # 2x2 patches of 8 px
 
@@ -224,6 +224,25 @@ def test_flops_row_reports_swiglu_and_depth_scale():
         flops_row('raptor_nope')
 
 
+def test_flops_table_is_what_the_card_and_the_benchmark_show():
+    """One count of FLOPs and parameters (raptor_zoo.flops.flops_table) behind flops_row and the model card."""
+    teacher = _tiny_vit()
+    raptor = create_raptor_from_vit(teacher, block_schedule=(3, 1))
+    table = flops_table(raptor, teacher, (3, IMG, IMG))
+    assert table['teacher_flops'] == counted_flops(teacher, (3, IMG, IMG))
+    assert table['raptor_flops'] == table['teacher_flops'] + depth_scale_flops(32, 4)
+    assert table['flops_ratio'] == table['raptor_flops'] / table['teacher_flops']
+    unique_block = sum(p.numel() for p in raptor.unique_blocks[0].parameters())
+    assert table['raptor_block_params'] == 2 * unique_block
+    assert table['teacher_block_params'] == sum(p.numel() for p in teacher.blocks.parameters())
+    assert table['params_ratio'] == table['raptor_params'] / table['teacher_params'] < 1
+    assert (table['relax_rank'], table['relax_flops'], table['relax_params']) == (0, 0, 0)
+    alone = flops_table(raptor, None, (3, IMG, IMG))
+    assert alone['raptor_flops'] == table['raptor_flops']
+    assert all(alone[key] is None for key in ('teacher_flops', 'teacher_params', 'teacher_block_params',
+                                              'flops_ratio', 'params_ratio', 'block_params_ratio'))
+
+
 def test_quick_cpu_selects_eager_only():
     parser = _parser()
     quick = resolve_bench_settings(parser.parse_args(
@@ -252,7 +271,7 @@ def test_bench_command_end_to_end(tmp_path):
         '--batch-sizes', '1', '2', '--out', str(tmp_path), '--note', 'test run', '--num-threads', '1'])
     paths = bench_command(args)
     assert {p.name for p in paths.values()} == {
-        f'throughput_vit_digits_patch8_reg4_k2_eager_fp32.{ext}' for ext in ('json', 'md', 'png')}
+        f'throughput_vit_digits_patch8_reg4_k2_eager_fp32_b1-2.{ext}' for ext in ('json', 'md', 'png')}
     payload = json.loads(paths['json'].read_text())
     assert payload['settings']['modes'] == ['eager'] and 'test run' in payload['notes']
     assert payload['environment']['host_cpu_count'] >= 1 and payload['environment']['timm'] == timm.__version__

@@ -1,5 +1,4 @@
 """The Hub folder: one writer, one reader, three loaders, the zoo, and the push (network boundary patched)."""
-import argparse
 import json
 import shutil
 import struct
@@ -16,6 +15,7 @@ from transformers import AutoBackbone, AutoImageProcessor, AutoModel, AutoModelF
 
 import raptor_zoo
 from raptor_zoo import cards, hub, zoo
+from raptor_zoo.cli import main
 from raptor_zoo.models.modeling_raptor import RaptorBackbone
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
 
@@ -381,16 +381,13 @@ def test_push_model_uploads_one_validated_commit(tmp_path, tiny_raptor, monkeypa
 
 def test_push_command_dry_run_uploads_nothing(saved, monkeypatch, capsys):
     seen = _patch_hub_api(monkeypatch)
-    parser = hub.add_push_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(saved), "--repo_id", "org/name", "--dry-run", "--private"])
-    assert hub.push_command(args) == 0
+    assert main(["push", str(saved), "--repo_id", "org/name", "--dry-run", "--private"]) == 0
     out = capsys.readouterr().out
     assert seen == {"create_repo": [], "upload_folder": [], "create_branch": []}
     for name in ("README.md", "config.json", "model.safetensors"):
         assert name in out
     assert "library_name: raptor_zoo" in out and "private=True" in out
-    args = parser.parse_args([str(saved), "--repo-id", "org/name", "--create-pr"])
-    assert hub.push_command(args) == 0
+    assert main(["push", str(saved), "--repo-id", "org/name", "--create-pr"]) == 0
     assert seen["upload_folder"][0]["create_pr"] is True and "/commit/" in capsys.readouterr().out
 
 

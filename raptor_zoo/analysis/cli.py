@@ -1,6 +1,8 @@
 """``raptor-zoo analyze``: every dynamical analysis on a Raptor and its teacher (or a teacher alone), JSON + PNGs.
 
     raptor-zoo analyze --model raptor-digits-k2 --data digits --out analysis_out
+
+Its options are declared without torch in ``raptor_zoo_cli.options.add_analyze_arguments``.
 """
 from __future__ import annotations
 
@@ -12,50 +14,11 @@ from typing import Any
 
 import torch
 
-from .basins import PERTURBATIONS
 from .report import AnalysisConfig, analyze_models, save_analysis
 
-__all__ = ["add_analyze_arguments", "analyze_command", "load_models"]
+__all__ = ["analyze_command", "load_models"]
 
 KINDS = ("auto", "raptor", "teacher")
-
-
-def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``raptor-zoo analyze``."""
-    parser.add_argument('--model', required=True,
-                        help='a Raptor (zoo name, folder written by save_pretrained, Hub repo id with --kind raptor) '
-                             'or a teacher (embedded name such as digits-vit, timm name, folder, Hub repo id)')
-    parser.add_argument('--kind', default='auto', choices=KINDS,
-                        help="what --model is (default: auto: zoo names and folders whose config.json names a "
-                             "raptor architecture are Raptors, anything else a teacher)")
-    parser.add_argument('--teacher', default=None,
-                        help="the Raptor's teacher (default: the teacher recorded in its config.json)")
-    parser.add_argument('--data', default='digits',
-                        help="'digits', an imagefolder directory or a Hub dataset name (default: digits)")
-    parser.add_argument('--split', default='test', help='dataset split (default: test)')
-    parser.add_argument('--num-images', '--num_images', dest='num_images', type=int, default=64,
-                        help='images analysed (default: 64)')
-    parser.add_argument('--batch-size', '--batch_size', dest='batch_size', type=int, default=64,
-                        help='loader batch size (default: 64)')
-    parser.add_argument('--perturbation', default='noise', choices=PERTURBATIONS,
-                        help='noise: Gaussian of relative norm SCALE; swap: a fraction SCALE of tokens taken from '
-                             'another image (default: noise)')
-    parser.add_argument('--scales', type=float, nargs='+', default=[0.05, 0.1, 0.2, 0.5, 1.0],
-                        help='perturbation sizes (default: 0.05 0.1 0.2 0.5 1.0)')
-    parser.add_argument('--start-layers', '--start_layers', dest='start_layers', type=int, nargs='+', default=None,
-                        help='perturbation depths in 0..L-1 (default: 4 spread over the depth)')
-    parser.add_argument('--k', type=int, default=None,
-                        help="phases in the phase view (default: the Raptor's unique blocks, else 2)")
-    parser.add_argument('--angular-updates', '--angular_updates', dest='angular_updates', action='store_true',
-                        help='ranks of the angular updates x̂_l - x̂_l-1 instead of x_l - x_l-1 (default: off)')
-    parser.add_argument('--random-init', '--random_init', dest='random_init', action='store_true',
-                        help='random-initialised teacher instead of its published weights (default: off)')
-    parser.add_argument('--img-size', '--img_size', dest='img_size', type=int, default=None,
-                        help="image size the teacher runs at (default: the teacher's)")
-    parser.add_argument('--device', default='cpu', help='device (default: cpu)')
-    parser.add_argument('--seed', type=int, default=0, help='perturbation seed (default: 0)')
-    parser.add_argument('--out', default='analysis_out', help='output directory (default: analysis_out)')
-    return parser
 
 
 def _is_raptor_source(source: str) -> bool:

@@ -40,7 +40,7 @@ class TrajectoryCache:
         return self.array.shape[0]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.array[index], dtype=np.float32))
+        return torch.from_numpy(np.array(self.array[index], dtype=np.float32))  # a writable copy
 
     @property
     def bytes_per_image(self) -> int:
