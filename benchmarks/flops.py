@@ -72,7 +72,7 @@ def main(argv=None) -> int:
              'SwiGLU: the paper\'s block (SwiGLU MLP, hidden 4D, packed input projection 8D) instead of the '
              'teacher\'s; depth scale: FLOPs and params of the t_scale MLPs (the Raptor minus the same Raptor '
              'built with t_scale=False)',
-             'relax: the *_r4 archs add rank-4 per-step adapters on qkv, proj, fc1 and fc2 (DESIGN.md §4); their '
+             'relax: the *_r4 archs add rank-4 per-step adapters on qkv, proj, fc1 and fc2 (docs/design.md §4); their '
              'params (and share of the k blocks\' params) and FLOPs share over the same pure Raptor']
     out = Path(args.out)
     suffix = '' if args.img_size == 224 else f'_{args.img_size}px'

@@ -206,7 +206,7 @@ def raptor_anytime_accuracy(raptor, images: torch.Tensor, labels: torch.Tensor) 
 
 
 def phase_metrics(distance: np.ndarray, scores: list[dict]) -> dict[str, Any]:
-    """Phase-structure metrics of a layer distance matrix and its max-cut partitions (method.md §6)."""
+    """Phase-structure metrics of a layer distance matrix and its max-cut partitions (docs/method.md §6)."""
     depth = distance.shape[0]
     off_diagonal = distance[~np.eye(depth, dtype=bool)]
     metrics: dict[str, Any] = {"mean_offdiag_distance": float(off_diagonal.mean())}

@@ -93,7 +93,8 @@ CITATION = """@article{jacobs2025blockrecurrent,
 
 _MARKER_RE = re.compile(r"\n<!-- raptor_zoo card sha256:([0-9a-f]{64}) -->\n?\Z")
 _IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
-_FAMILIES = ("dinov2", "digits", "deit", "clip", "siglip", "eva", "beit", "vit")
+_TEACHER_TAGS = ("dinov2", "digits", "deit", "clip", "siglip", "eva", "beit", "vit")
+"""Hub tags a card takes from its teacher's name (the first that occurs in it), so Raptors are found beside it."""
 _SCHEDULE_NOTES = {
     "paper": "the paper's phase boundaries, measured on DINOv2 ViT-B/14 with registers",
     "scaled": "the paper's DINOv2-B phase boundaries scaled to this teacher's depth (not measured on its weights)",
@@ -137,19 +138,19 @@ def _timm_teacher_name(teacher: str) -> str | None:
 
 
 def teacher_facts(teacher: str | None) -> dict[str, Any]:
-    """Hub id (``base_model``), license, family tag and timm name of a teacher string, where they can be known."""
+    """Hub id (``base_model``), license, teacher tag and timm name of a teacher string, where they can be known."""
     if not teacher:
         return {}
     import timm
 
-    facts: dict[str, Any] = {"family": next((f for f in _FAMILIES if f in teacher.lower()), None)}
+    facts: dict[str, Any] = {"tag": next((tag for tag in _TEACHER_TAGS if tag in teacher.lower()), None)}
     timm_name = _timm_teacher_name(teacher)
     if timm_name is not None:
         cfg = timm.models.get_pretrained_cfg(timm_name, allow_unregistered=True)
         facts.update(timm_name=timm_name, base_model=getattr(cfg, "hf_hub_id", None),
                      license=getattr(cfg, "license", None))
         if "digits" in timm_name:
-            facts["family"] = "digits"
+            facts["tag"] = "digits"
         return facts
     repo_id = teacher.split(":", 1)[1] if teacher.startswith("hf-hub:") else teacher
     repo_id = repo_id.split("@", 1)[0]
@@ -232,8 +233,8 @@ def build_card_data(
     facts = teacher_facts(config.teacher)
     task = "image-classification" if config.num_labels else "image-feature-extraction"
     tags = ["raptor", "block-recurrent", "vision", "timm", "transformers", task]
-    if facts.get("family"):
-        tags.append(facts["family"])
+    if facts.get("tag"):
+        tags.append(facts["tag"])
     datasets = list((training or {}).get("datasets") or []) or None
     license_id = facts.get("license") or (config.pretrained_cfg or {}).get("license")
     fields: dict[str, Any] = dict(
@@ -375,7 +376,8 @@ def render_model_card(
             _fmt_cosine(metrics.get("embedding_cosine")))] if embedding_head else [
             (f"Top-1 accuracy, teacher's head{on_dataset}", _fmt_percent(metrics.get("teacher_accuracy")),
              _fmt_percent(metrics.get("raptor_accuracy"))),
-            ("Accuracy recovery (Raptor / teacher)", "-", NOT_MEASURED if recovery is None else f"{100 * recovery:.1f}%"),
+            ("Accuracy recovery (Raptor / teacher)", "-",
+             NOT_MEASURED if recovery is None else f"{100 * recovery:.1f}%"),
         ]),
         (f"Top-1 accuracy, retrained linear probe{on_dataset}", _fmt_percent(metrics.get("teacher_probe_accuracy")),
          _fmt_percent(metrics.get("raptor_probe_accuracy"))),

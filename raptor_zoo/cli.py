@@ -21,14 +21,16 @@ def phases_command(args: argparse.Namespace) -> int:
     """``raptor-zoo phases``: discover the teacher's phases on a random image subset; write JSON and a heatmap."""
     from .bench import resolve_device
     from .data import create_loader, load_image_dataset, random_subset
+    from .models.schedule import check_k
     from .phases import discover
     from .teachers import load_teacher
 
     device = resolve_device(args.device)
     teacher = load_teacher(args.teacher, pretrained=not args.random_init, img_size=args.img_size).to(device)
-    if not 1 <= args.k <= teacher.depth:
-        raise SystemExit(f'--k {args.k} is out of range for {teacher.name} (depth {teacher.depth}); '
-                         f'use 1 <= k <= {teacher.depth}.')
+    try:
+        check_k(teacher.depth, args.k, teacher.name)
+    except ValueError as error:
+        args.parser.error(f'--k: {error}')
     dataset = load_image_dataset(args.data, split=args.split, labels=False)  # photos need no class folders
     dataset, subset = random_subset(dataset, args.num_images, seed=args.seed)
     loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False,

@@ -355,7 +355,7 @@ def raptor_layer_ids(model: nn.Module) -> dict[str, int]:
     grouping of a ViT of depth L (``param_groups_layer_decay``).
     """
     if not _is_raptor(model):
-        raise TypeError(f"raptor_layer_ids needs a RaptorVisionTransformer, got {type(model).__name__}.")
+        raise TypeError(f"raptor_layer_ids needs a Raptor (any raptor_zoo.RaptorMixin model), got {type(model).__name__}.")
     first_step = {}
     for step, block in enumerate(model.step_block_indices):
         first_step.setdefault(block, step)

@@ -1,6 +1,6 @@
 """The Raptor Hub folder: one writer (:func:`save_pretrained`), one reader (:func:`load_pretrained`), and the push.
 
-A folder (local, in the Hub cache, or a Hub repo) holds (DESIGN.md §6)::
+A folder (local, in the Hub cache, or a Hub repo) holds (docs/design.md §6)::
 
     config.json        RaptorConfig.to_dict(): timm keys (architecture, num_classes, num_features, global_pool,
                        model_args, pretrained_cfg), transformers keys (model_type "raptor", architectures, ...),
@@ -179,7 +179,7 @@ def _is_registered_shape(model: RaptorMixin, arch: str) -> bool:
 
 
 def _timm_pretrained_cfg(
-        model: RaptorVisionTransformer, architecture: str, source_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        model: RaptorMixin, architecture: str, source_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """timm's data / weights metadata for config.json: defaults of the arch, overlaid by the model's own cfg."""
     cfg: dict[str, Any] = {}
     if timm.is_model(architecture):

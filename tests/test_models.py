@@ -333,7 +333,7 @@ def test_swiglu_block_costs_about_1_3x():
         teacher = timm.create_model('vit_base_patch14_reg4_dinov2', img_size=224)
     ratio = count_flops(raptor, (3, 224, 224)) / count_flops(teacher, (3, 224, 224))
     assert 1.25 < ratio < 1.35
-    # the paper's block: 9.49M parameters at D = 768 (method.md §3.1), without the depth-scale MLP
+    # the paper's block: 9.49M parameters at D = 768 (docs/method.md §3.1), without the depth-scale MLP
     block = raptor.blocks[0]
     params = count_params(block) - count_params(block.depth_scale)
     assert abs(params - 9_490_976) / 9_490_976 < 0.01
@@ -444,7 +444,7 @@ def test_relaxed_archs_are_their_base_arch_plus_rank_4_adapters(name):
     assert set(base.state_dict()) < set(model.state_dict())
     overhead = relaxation_overhead(model, (3, 224, 224))
     dim = model.embed_dim
-    # DESIGN.md §4: 16 r D params per step with all four layers adapted (the MLP hidden width 4D, or SwiGLU's)
+    # docs/design.md §4: 16 r D params per step with all four layers adapted (the MLP hidden width 4D, or SwiGLU's)
     if 'giant' not in name:
         assert overhead['relax_params'] == 16 * 4 * dim * model.depth
     # with the pure Raptor's exact depth-scale excess (test above), the relaxed one is the teacher + both, exactly

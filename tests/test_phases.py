@@ -25,7 +25,7 @@ from raptor_zoo.phases import (
     total_weight,
 )
 
-# DINOv2 ViT-B/14-reg layer distances (paper metric), transcribed in method.md §2.1; rows/cols = layers 1..12.
+# DINOv2 ViT-B/14-reg layer distances (paper metric), transcribed in docs/method.md §2.1; rows/cols = layers 1..12.
 PAPER_DISTANCE = np.array([
     [.00, .08, .20, .26, .32, .37, .45, .63, .70, .81, .82, 1.08],
     [.08, .00, .11, .16, .21, .27, .36, .54, .64, .75, .75, 1.09],
@@ -68,7 +68,7 @@ def test_divisive_reproduces_paper_phases(k, expected):
     assert partition.contiguous and not partition.restricted_to_contiguous
     assert len(partition.cut_values) == k - 1
     assert partition.cut_value == pytest.approx(cut_value(PAPER_DISTANCE, partition.phases))
-    # method.md §2.2: contiguity-constrained bisection gives identical phases on this matrix
+    # docs/method.md §2.2: contiguity-constrained bisection gives identical phases on this matrix
     assert divisive_partition(PAPER_DISTANCE, k, contiguous_only=True).phases == partition.phases
 
 
@@ -83,7 +83,7 @@ def test_divisive_cut_values_on_paper_matrix():
 
 @pytest.mark.parametrize("k, expected", [
     (2, ["1-7", "8-12"]),
-    (3, ["1-5", "6-9", "10-12"]),  # method.md §2.2: differs from the paper's divisive phases
+    (3, ["1-5", "6-9", "10-12"]),  # docs/method.md §2.2: differs from the paper's divisive phases
     (4, ["1-4", "5-7", "8-10", "11-12"]),
 ])
 def test_contiguous_dp_on_paper_matrix(k, expected):

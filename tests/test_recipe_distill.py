@@ -134,7 +134,7 @@ def run_recipe(recipe):
 
 
 @pytest.mark.parametrize("args, error, message", [
-    (["--k", "7"], ValueError, "--k 7 is out of range .* depth 4"),
+    (["--k", "7"], ValueError, "k=7 unique blocks is out of range .* depth 4"),
     (["--block-schedule", "2", "3"], ValueError, "sums to 5 .* depth 4"),
     (["--phase-index", "3", "--schedule", "two_stage"], ValueError, "phase_index 3 is out of range"),
     (["--dataset", "./missing_folder/"], FileNotFoundError, "No image directory"),

@@ -460,9 +460,11 @@ def test_timm_vit_with_other_blocks_is_a_teacher(name, block):
     assert type(teacher.blocks[0]).__name__ == block
     raptor = raptor_zoo.from_teacher(teacher, block_schedule=(1, 1)).eval()
     images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(raptor.forward_features(images), teacher.model.forward_features(images))
-        assert torch.equal(teacher.trajectory(images)[:, -1], raptor.forward_steps(raptor._embed(images), 0, 2))
+    with torch.no_grad():  # equal up to float round-off: which kernel a matmul takes follows torch's thread count
+        torch.testing.assert_close(raptor.forward_features(images), teacher.model.forward_features(images),
+                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(teacher.trajectory(images)[:, -1], raptor.forward_steps(raptor._embed(images), 0, 2),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_pretrained_offline_says_what_was_sought(offline_hub):

@@ -305,7 +305,7 @@ def flops_row(
 ) -> dict[str, Any]:
     """FLOPs and parameters of a Raptor against its teacher (one image at ``img_size``, meta device).
 
-    ``arch_or_model`` is a registered Raptor arch or a RaptorVisionTransformer; ``teacher`` (a timm name or a
+    ``arch_or_model`` is a registered Raptor arch or a Raptor of any family; ``teacher`` (a timm name or a
     module) defaults to the arch's teacher (``REGISTERED_RAPTOR_ARCHS``) or the model's ``raptor_meta['teacher']``.
     The counts are :func:`raptor_zoo.flops.flops_table`'s (the model cards show the same); the row adds the same
     Raptor with the paper's SwiGLU blocks, the cost of depth scaling (``t_scale``) and of relaxation (per-step
@@ -314,21 +314,21 @@ def flops_row(
     """
     import timm
 
+    from ..models.raptor_base import RaptorMixin
     from ..models.raptor_timm import raptor_from_model_args
     from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
-    from ..models.raptor_vit import RaptorVisionTransformer
     if isinstance(arch_or_model, str):
         if arch_or_model not in known:
             raise ValueError(f'Unknown Raptor arch {arch_or_model!r}; registered: timm.list_models("raptor_*").')
         arch = arch_or_model
         model_args = {}
         teacher = teacher if teacher is not None else known[arch]['teacher']
-    elif isinstance(arch_or_model, RaptorVisionTransformer):
+    elif isinstance(arch_or_model, RaptorMixin):
         arch = getattr(arch_or_model, 'pretrained_cfg', {}).get('architecture') or type(arch_or_model).__name__
         model_args = dict(arch_or_model.model_args)
         teacher = teacher if teacher is not None else arch_or_model.raptor_meta.get('teacher')
     else:
-        raise TypeError(f'flops_row takes a Raptor arch name or a RaptorVisionTransformer, got '
+        raise TypeError(f'flops_row takes a Raptor arch name or a Raptor model, got '
                         f'{type(arch_or_model).__name__}.')
     if teacher is None:
         raise ValueError(f'{arch}: pass teacher= (a timm name or module); the model records none.')

@@ -2,7 +2,7 @@
 
 The loops live here so the recipe (recipes/distill.py), the benchmarks and the demo share them:
 
-* :func:`trajectory_distance`, :func:`teacher_forcing_weight` - the objective's pieces (DESIGN.md §5);
+* :func:`trajectory_distance`, :func:`teacher_forcing_weight` - the objective's pieces (docs/design.md §5);
 * :class:`TrajectoryDistillationTask` - ``forward(images, step) -> {'loss', 'tf_loss', 'ar_loss', 'tf_weight',
   'output'}`` for stage 'phase' (one block on its segment) or 'joint' (all blocks through all L steps);
 * :func:`stage_plan` - the paper's two-stage schedule or a single joint stage, as a list of :class:`StageSpec`;

@@ -1,14 +1,15 @@
-"""Fidelity of a free-running Raptor to its teacher: per-layer cosine and R², and head accuracy (DESIGN.md §5, §6).
+"""Fidelity of a free-running Raptor to its teacher: per-layer cosine and R², and head accuracy
+(docs/design.md §5, §6).
 
 For every layer 0..L the Raptor runs on its own outputs from its embedding (no teacher forcing) and is compared
 with the teacher's trajectory:
 
 * cosine similarity per token, averaged per token group (``cls``, ``registers``, ``patches``) and over ``all``;
-* R² in the paper's form (method.md §5.4): ``1 − mean((x − y)²) / (mean((x − mean(x))²) + 1e−6)`` with the
-  Raptor's states as ``x``, the teacher's as ``y`` and one global scalar mean, and in the standard per-feature
+* R² in the paper's form (docs/method.md §5.4): ``1 − mean((x − y)²) / (mean((x − mean(x))²) + 1e−6)`` with
+  the Raptor's states as ``x``, the teacher's as ``y`` and one global scalar mean, and in the standard per-feature
   form (scikit-learn's ``r2_score(teacher, raptor)``, features = the D channels, averaged uniformly);
 * a classifier head: the teacher's top-1 with its own head, the Raptor's top-1 with the teacher's head (final norm +
-  head applied to the Raptor's last state), their ratio ("recovery", DESIGN.md §6) and the top-1 agreement;
+  head applied to the Raptor's last state), their ratio ("recovery", docs/design.md §6) and the top-1 agreement;
 * an embedding head (CLIP / AIMv2 projection: no classes): the mean cosine of the Raptor's image embeddings to the
   teacher's (``embedding_cosine``); accuracy is never computed from an embedding.
 

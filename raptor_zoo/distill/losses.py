@@ -1,4 +1,4 @@
-"""Trajectory distances and the teacher-forcing schedule of Raptor distillation (DESIGN.md §5, method.md §4.1).
+"""Trajectory distances and the teacher-forcing schedule of Raptor distillation (docs/design.md §5, docs/method.md §4.1).
 
 Token states are ``[..., N, D]`` tensors laid out as timm's ViTs: class token (if any), registers, patches.
 A distance is a mean, so the distance of a stacked trajectory ``[B, T, N, D]`` equals the mean of its per-layer

@@ -1,4 +1,4 @@
-"""Distillation schedules as a list of stages (DESIGN.md §5, method.md §4.2).
+"""Distillation schedules as a list of stages (docs/design.md §5, docs/method.md §4.2).
 
 ``two_stage`` (the paper's): stage 1 trains each phase block alone on its segment with the TF→AR anneal
 (plain MSE, the last phase cls-weighted .34/.33/.33), stage 2 chains all k blocks from ``t_0`` through all L

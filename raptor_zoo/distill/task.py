@@ -1,4 +1,4 @@
-"""Trajectory distillation as a module, in the shape of timm's ``timm/task`` API (DESIGN.md §5).
+"""Trajectory distillation as a module, in the shape of timm's ``timm/task`` API (docs/design.md §5).
 
 :class:`TrajectoryDistillationTask` holds the student Raptor (trained) and the frozen teacher beside it;
 ``forward(images, step)`` returns a dict with ``loss`` plus its parts, so one training loop (the recipe, the
@@ -131,7 +131,7 @@ class TrajectoryDistillationTask(nn.Module):
     ) -> None:
         """
         Args:
-            student: a RaptorVisionTransformer (``blocks``, ``block_schedule``, ``phase_boundaries``,
+            student: a Raptor of any family (``blocks``, ``block_schedule``, ``phase_boundaries``,
                 ``step_block_indices``, ``step_drop_path``) whose depth equals the teacher's.
             teacher: a raptor_zoo Teacher (``trajectory``, ``depth``, token layout attributes).
             stage: 'phase' (block ``phase_index`` alone on its segment) or 'joint' (all blocks, layers 0..L).
@@ -163,8 +163,8 @@ class TrajectoryDistillationTask(nn.Module):
         for attribute in ("blocks", "block_schedule", "phase_boundaries", "step_block_indices", "depth"):
             if not hasattr(student, attribute):
                 raise TypeError(
-                    f"student {type(student).__name__} has no {attribute!r}; pass a RaptorVisionTransformer "
-                    "(e.g. RaptorVisionTransformer.from_teacher(teacher, k=2)).")
+                    f"student {type(student).__name__} has no {attribute!r}; pass a Raptor "
+                    "(e.g. raptor_zoo.from_teacher(teacher, k=2)).")
         for attribute in ("trajectory", "depth", "num_prefix_tokens", "num_reg_tokens", "has_class_token"):
             if not hasattr(teacher, attribute):
                 raise TypeError(

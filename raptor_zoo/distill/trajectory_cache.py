@@ -1,4 +1,4 @@
-"""The teacher's trajectories of a fixed image set, computed once and read back every epoch (DESIGN.md §5: "an
+"""The teacher's trajectories of a fixed image set, computed once and read back every epoch (docs/design.md §5: "an
 optional on-disk trajectory cache (fp16) is allowed for small teachers").
 
 Without augmentation every epoch shows the teacher the same images, so its L + 1 states per image can be computed

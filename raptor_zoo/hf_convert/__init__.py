@@ -7,38 +7,5 @@ transformers ``model_type`` in :data:`HF_CONVERTERS`. :func:`convert_hf_model` d
 transformers teacher becomes a timm model of a family the Raptors already cover (``models/families.py``).
 """
 from . import beit, clip, dinov3, siglip2, vit  # noqa: F401  (each registers its family's converters)
-from .registry import (
-    HF_CONVERTERS,
-    HfConverter,
-    convert_hf_model,
-    describe_for_timm,
-    hf_activation,
-    hf_base_model,
-    hf_converter,
-    hf_hidden_states,
-    hf_model_class,
-    hf_model_type,
-    is_hf_teacher,
-    pair,
-    register_hf_converter,
-    transformers_vision_encoder,
-    vision_encoder,
-)
-
-__all__ = [
-    "HfConverter",
-    "HF_CONVERTERS",
-    "register_hf_converter",
-    "hf_converter",
-    "hf_model_type",
-    "is_hf_teacher",
-    "convert_hf_model",
-    "hf_hidden_states",
-    "vision_encoder",
-    "hf_base_model",
-    "hf_activation",
-    "describe_for_timm",
-    "hf_model_class",
-    "pair",
-    "transformers_vision_encoder",
-]
+from .registry import *  # noqa: F403  (the public names of the package are the registry's)
+from .registry import __all__

@@ -26,7 +26,15 @@ from timm.layers import LayerNorm
 from timm.models.beit import Beit, RelativePositionBias
 from torch import nn
 
-from .registry import HfConverter, pair, register_hf_converter
+from ..models.families import pair
+from .registry import (
+    HfConverter,
+    attention_sizes,
+    check_model_type,
+    processor_data_config,
+    register_hf_converter,
+    timm_mlp_ratio,
+)
 
 __all__ = [
     "HF_BEIT_MODEL_TYPES",
@@ -54,19 +62,8 @@ def beit_config_from_hf(config: Any) -> dict[str, Any]:
     else it norms every token and reads the class token. Raises ValueError where a setting has no exact timm
     equivalent.
     """
-    model_type = getattr(config, "model_type", None)
-    if model_type not in HF_BEIT_MODEL_TYPES:
-        raise ValueError(
-            f"Cannot convert a transformers model of type {model_type!r} ({type(config).__name__}) to a timm Beit; "
-            f"supported model_type values: {', '.join(HF_BEIT_MODEL_TYPES)}."
-        )
-    embed_dim, num_heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None)
-    if embed_dim % num_heads or head_dim not in (None, embed_dim // num_heads):
-        raise ValueError(
-            f"timm Beit needs head_dim = hidden_size / num_attention_heads; the config has hidden_size={embed_dim}, "
-            f"num_attention_heads={num_heads}, head_dim={head_dim}."
-        )
+    check_model_type(config, HF_BEIT_MODEL_TYPES, "a timm Beit")
+    embed_dim, num_heads = attention_sizes(config, "timm Beit")
     if config.hidden_act != "gelu":
         raise ValueError(
             f"hidden_act={config.hidden_act!r}: timm Beit blocks use GELU (erf) only; supported: 'gelu'."
@@ -75,9 +72,7 @@ def beit_config_from_hf(config: Any) -> dict[str, Any]:
     if patch_size[0] != patch_size[1]:
         raise ValueError(f"patch_size={config.patch_size!r}: only square patches are supported.")
     mlp_hidden = config.intermediate_size
-    mlp_ratio = mlp_hidden / embed_dim
-    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
-        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
+    mlp_ratio = timm_mlp_ratio(embed_dim, mlp_hidden)
     mean_pooling = bool(config.use_mean_pooling)
     return dict(
         img_size=pair(config.image_size),
@@ -250,14 +245,7 @@ def convert_hf_beit(hf_model: nn.Module) -> Beit:
 
 def beit_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     """``BeitImageProcessor`` defaults: bicubic resize straight to the run size (no crop), mean = std = 0.5."""
-    return {
-        "input_size": (config.num_channels, *img_size),
-        "interpolation": "bicubic",
-        "mean": BEIT_MEAN,
-        "std": BEIT_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+    return processor_data_config(config.num_channels, img_size, "bicubic", BEIT_MEAN, BEIT_STD)
 
 
 register_hf_converter(HfConverter(

@@ -54,7 +54,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..models.raptor_base import RaptorMixin
-from .registry import HfConverter, hf_activation, hf_model_type, register_hf_converter
+from .registry import (
+    HfConverter,
+    hf_activation,
+    hf_model_type,
+    processor_data_config,
+    register_hf_converter,
+    timm_mlp_ratio,
+)
 from .vit import set_vit_run_size
 
 __all__ = [
@@ -490,28 +497,16 @@ def clip_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     """``CLIPImageProcessor`` defaults (CLIP and, through transformers' auto mapping, AIMv2): bicubic resize of the
     shortest edge to the crop size, centre crop, OpenAI CLIP mean/std."""
     config = getattr(config, "vision_config", None) or config
-    return {
-        "input_size": (config.num_channels, *img_size),
-        "interpolation": "bicubic",
-        "mean": OPENAI_CLIP_MEAN,
-        "std": OPENAI_CLIP_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
+    return processor_data_config(
+        config.num_channels, img_size, "bicubic", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+        crop_mode="center")
 
 
 def siglip_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     """``SiglipImageProcessor`` defaults (transformers 5.x): bicubic resize to height x width without a crop
     (timm ``crop_mode='squash'``), mean = std = 0.5."""
     config = getattr(config, "vision_config", None) or config
-    return {
-        "input_size": (config.num_channels, *img_size),
-        "interpolation": "bicubic",
-        "mean": _SIGLIP_MEAN,
-        "std": _SIGLIP_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+    return processor_data_config(config.num_channels, img_size, "bicubic", _SIGLIP_MEAN, _SIGLIP_STD)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -27,7 +27,15 @@ from timm.layers import LayerNorm
 from timm.models.eva import Eva
 from torch import nn
 
-from .registry import HfConverter, pair, register_hf_converter
+from ..models.families import pair
+from .registry import (
+    HfConverter,
+    attention_sizes,
+    check_model_type,
+    processor_data_config,
+    register_hf_converter,
+    timm_mlp_ratio,
+)
 
 __all__ = [
     "HF_DINOV3_MODEL_TYPES",
@@ -53,18 +61,8 @@ def dinov3_config_from_hf(config: Any) -> dict[str, Any]:
     (``pos_embed_shift`` / ``_jitter`` / ``_rescale``) are left out: a teacher runs in eval mode, where
     transformers does not apply them. Raises ValueError where a setting has no exact timm equivalent.
     """
-    model_type = getattr(config, "model_type", None)
-    if model_type not in HF_DINOV3_MODEL_TYPES:
-        raise ValueError(
-            f"Cannot convert a transformers model of type {model_type!r} ({type(config).__name__}) to a timm DINOv3 "
-            f"Eva; supported model_type values: {', '.join(HF_DINOV3_MODEL_TYPES)}."
-        )
-    embed_dim, num_heads = config.hidden_size, config.num_attention_heads
-    if embed_dim % num_heads or (embed_dim // num_heads) % 4:
-        raise ValueError(
-            f"DINOv3 RoPE needs head_dim = hidden_size / num_attention_heads, a multiple of 4; the config has "
-            f"hidden_size={embed_dim}, num_attention_heads={num_heads}."
-        )
+    check_model_type(config, HF_DINOV3_MODEL_TYPES, "a timm DINOv3 Eva")
+    embed_dim, num_heads = attention_sizes(config, "DINOv3 RoPE", head_dim_multiple=4)
     if config.key_bias:
         raise ValueError(
             "key_bias=True: timm's Eva attention has no key bias (a fixed zero, as in every DINOv3 checkpoint); "
@@ -85,9 +83,7 @@ def dinov3_config_from_hf(config: Any) -> dict[str, Any]:
             f"hidden_act={config.hidden_act!r}: timm's Eva MLP uses GELU (erf); supported: "
             f"{', '.join(_PLAIN_ACTIVATIONS)} (or use_gated_mlp with silu)."
         )
-    mlp_ratio = mlp_hidden / embed_dim
-    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
-        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
+    mlp_ratio = timm_mlp_ratio(embed_dim, mlp_hidden)
     return dict(
         img_size=pair(config.image_size),
         patch_size=patch_size[0],
@@ -232,14 +228,7 @@ def set_dinov3_run_size(model: Eva, img_size: tuple[int, int]) -> None:
 
 def dinov3_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     """``DINOv3ViTImageProcessor`` defaults: bilinear resize straight to the run size (no crop), ImageNet mean/std."""
-    return {
-        "input_size": (config.num_channels, *img_size),
-        "interpolation": "bilinear",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+    return processor_data_config(config.num_channels, img_size, "bilinear", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 register_hf_converter(HfConverter(

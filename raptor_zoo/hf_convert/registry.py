@@ -6,7 +6,7 @@ dinov3.py) register here; ``raptor_zoo.hf_convert`` imports them all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from timm.models import register_model
@@ -28,8 +28,11 @@ __all__ = [
     "hf_activation",
     "describe_for_timm",
     "hf_model_class",
-    "pair",
     "transformers_vision_encoder",
+    "check_model_type",
+    "attention_sizes",
+    "timm_mlp_ratio",
+    "processor_data_config",
 ]
 
 TIMM_ARCH = "transformers_vision_encoder"
@@ -60,6 +63,62 @@ class HfConverter:
 
 HF_CONVERTERS: dict[str, HfConverter] = {}
 """transformers ``model_type`` -> its converter."""
+
+
+def check_model_type(config: Any, supported: Sequence[str], target: str) -> str:
+    """``config.model_type`` when it is one of ``supported`` (those a converter to ``target`` handles), else a
+    ValueError naming them."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in supported:
+        raise ValueError(
+            f"Cannot convert a transformers model of type {model_type!r} ({type(config).__name__}) to {target}; "
+            f"supported model_type values: {', '.join(supported)}."
+        )
+    return model_type
+
+
+def attention_sizes(config: Any, target: str, head_dim_multiple: int = 1) -> tuple[int, int]:
+    """(hidden_size, num_attention_heads) of a config whose heads split the width evenly (an explicit ``head_dim``
+    must agree), into head dims a multiple of ``head_dim_multiple`` (RoPE's 4); else a ValueError naming ``target``."""
+    embed_dim, num_heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None)
+    if embed_dim % num_heads or head_dim not in (None, embed_dim // num_heads) or \
+            (embed_dim // num_heads) % head_dim_multiple:
+        multiple = f", a multiple of {head_dim_multiple}" if head_dim_multiple > 1 else ""
+        raise ValueError(
+            f"{target} needs head_dim = hidden_size / num_attention_heads{multiple}; the config has "
+            f"hidden_size={embed_dim}, num_attention_heads={num_heads}, head_dim={head_dim}."
+        )
+    return embed_dim, num_heads
+
+
+def timm_mlp_ratio(embed_dim: int, mlp_hidden: int) -> float:
+    """The ``mlp_ratio`` for which timm's ``int(embed_dim * mlp_ratio)`` gives exactly ``mlp_hidden``."""
+    mlp_ratio = mlp_hidden / embed_dim
+    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off
+        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
+    return mlp_ratio
+
+
+def processor_data_config(
+        in_chans: int,
+        img_size: tuple[int, int],
+        interpolation: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_pct: float = 1.0,
+        crop_mode: str = "squash",
+) -> dict[str, Any]:
+    """A timm ``data_config`` reproducing an image processor: resize (``crop_mode='squash'``: straight to the run
+    size; ``'center'``: to run size / ``crop_pct``, then a centre crop), then normalise."""
+    return {
+        "input_size": (in_chans, *img_size),
+        "interpolation": interpolation,
+        "mean": tuple(mean),
+        "std": tuple(std),
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
 
 
 def register_hf_converter(converter: HfConverter) -> HfConverter:

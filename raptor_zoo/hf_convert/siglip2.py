@@ -36,7 +36,7 @@ from timm.layers import LayerNorm
 from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
 from torch import nn
 
-from .registry import HfConverter, hf_activation, register_hf_converter
+from .registry import HfConverter, hf_activation, processor_data_config, register_hf_converter, timm_mlp_ratio
 from .clip import SIGLIP_POOL_RENAMES
 
 __all__ = [
@@ -123,9 +123,7 @@ def siglip2_config_from_hf(config: Any, *, global_pool: str = "map") -> dict[str
             f"SigLIP2 needs hidden_size divisible by num_attention_heads; got {embed_dim} and {num_heads}."
         )
     mlp_hidden = config.intermediate_size
-    mlp_ratio = mlp_hidden / embed_dim
-    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
-        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
+    mlp_ratio = timm_mlp_ratio(embed_dim, mlp_hidden)
     patch_size = _patch_size(config)
     cfg = NaFlexVitCfg(
         patch_size=patch_size,
@@ -315,14 +313,7 @@ def set_siglip2_run_size(model: NaFlexVit, img_size: tuple[int, int]) -> None:
 def siglip2_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:
     """Siglip2ImageProcessor defaults: bilinear resize (no crop), mean = std = 0.5."""
     in_chans = _vision_config(config).num_channels
-    return {
-        "input_size": (in_chans, *img_size),
-        "interpolation": "bilinear",
-        "mean": SIGLIP2_MEAN,
-        "std": SIGLIP2_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+    return processor_data_config(in_chans, img_size, "bilinear", SIGLIP2_MEAN, SIGLIP2_STD)
 
 
 def siglip2_hidden_states(hf_model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

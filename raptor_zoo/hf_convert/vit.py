@@ -30,7 +30,17 @@ from torch import nn
 
 from ..models.archs import DINOV2_RUN_SIZE
 from ..models.raptor_vit import cls_avg_pool
-from .registry import HfConverter, hf_activation, hf_base_model, pair, register_hf_converter
+from ..models.families import pair
+from .registry import (
+    HfConverter,
+    attention_sizes,
+    check_model_type,
+    hf_activation,
+    hf_base_model,
+    processor_data_config,
+    register_hf_converter,
+    timm_mlp_ratio,
+)
 
 __all__ = [
     "DINOV2_IMG_SIZE",
@@ -130,14 +140,9 @@ class DistilledClsHeadVisionTransformer(VisionTransformerDistilled):
 
 def dinov2_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any]:
     """The paper's DINOv2 protocol: bicubic resize to img/0.875, centre crop, ImageNet mean/std."""
-    return {
-        "input_size": (in_chans, *img_size),
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "crop_pct": _DINOV2_CROP_PCT,
-        "crop_mode": "center",
-    }
+    return processor_data_config(
+        in_chans, img_size, "bicubic", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+        crop_pct=_DINOV2_CROP_PCT, crop_mode="center")
 
 
 
@@ -179,19 +184,8 @@ def vit_config_from_hf(config: Any) -> dict[str, Any]:
     embedding; the class-token position embedding is folded into ``cls_token`` by :func:`hf_state_dict_to_timm`).
     Raises ValueError where a setting has no exact timm equivalent.
     """
-    model_type = getattr(config, "model_type", None)
-    if model_type not in HF_VIT_MODEL_TYPES:
-        raise ValueError(
-            f"Cannot convert a transformers model of type {model_type!r} ({type(config).__name__}); "
-            f"supported model_type values: {', '.join(HF_VIT_MODEL_TYPES)}."
-        )
-    embed_dim, num_heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None)
-    if embed_dim % num_heads or head_dim not in (None, embed_dim // num_heads):
-        raise ValueError(
-            f"timm Attention needs head_dim = hidden_size / num_attention_heads; the config has hidden_size="
-            f"{embed_dim}, num_attention_heads={num_heads}, head_dim={head_dim}."
-        )
+    model_type = check_model_type(config, HF_VIT_MODEL_TYPES, "a timm VisionTransformer")
+    embed_dim, num_heads = attention_sizes(config, "timm Attention")
     if model_type not in _DINOV2_MODEL_TYPES:  # ViT layers: intermediate_size, plain MLP, no layer scale
         mlp_hidden, mlp_layer, init_values = config.intermediate_size, Mlp, None
         act_layer = hf_activation(config.hidden_act)
@@ -205,9 +199,7 @@ def vit_config_from_hf(config: Any) -> dict[str, Any]:
             mlp_layer, act_layer = SwiGLUPacked, "silu"
         else:
             mlp_layer, act_layer = Mlp, hf_activation(config.hidden_act)
-    mlp_ratio = mlp_hidden / embed_dim
-    if int(embed_dim * mlp_ratio) != mlp_hidden:  # float round-off; timm takes int(dim * mlp_ratio)
-        mlp_ratio = (mlp_hidden + 0.5) / embed_dim
+    mlp_ratio = timm_mlp_ratio(embed_dim, mlp_hidden)
     num_reg_tokens = config.num_register_tokens if model_type == "dinov2_with_registers" else 0
     class_token = model_type not in _NO_CLASS_TOKEN_MODEL_TYPES
     img_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
@@ -426,14 +418,7 @@ def convert_hf_vit(hf_model: nn.Module) -> VisionTransformer:
 
 def _vit_image_processor_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any]:
     """transformers' ViTImageProcessor defaults: bilinear resize to the run size (squash, no crop), mean/std 0.5."""
-    return {
-        "input_size": (in_chans, *img_size),
-        "interpolation": "bilinear",
-        "mean": IMAGENET_INCEPTION_MEAN,
-        "std": IMAGENET_INCEPTION_STD,
-        "crop_pct": 1.0,
-        "crop_mode": "squash",
-    }
+    return processor_data_config(in_chans, img_size, "bilinear", IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)
 
 
 def _deit_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any]:
@@ -444,14 +429,9 @@ def _deit_data_config(in_chans: int, img_size: tuple[int, int]) -> dict[str, Any
     0.5 (as DINOv2 takes its paper's protocol rather than BitImageProcessor's CLIP defaults). A folder's
     preprocessor_config.json, when there is one, wins over these defaults.
     """
-    return {
-        "input_size": (in_chans, *img_size),
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "crop_pct": _DEIT_CROP_PCT,
-        "crop_mode": "center",
-    }
+    return processor_data_config(
+        in_chans, img_size, "bicubic", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+        crop_pct=_DEIT_CROP_PCT, crop_mode="center")
 
 
 def _hf_data_config(config: Any, img_size: tuple[int, int]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def _spec(teacher: str, k: int) -> dict[str, Any]:
 
 REGISTERED_RAPTOR_ARCHS: dict[str, dict[str, Any]] = {
     f"raptor_{teacher}_k{k}": _spec(teacher, k) for teacher in _TEACHERS for k in PAPER_PHASE_BOUNDARIES}
-# relaxed k = 2 variants of the DINOv2 teachers (DESIGN.md §4): rank-4 per-step adapters on all four linear layers
+# relaxed k = 2 variants of the DINOv2 teachers (docs/design.md §4): rank-4 per-step adapters on all four linear layers
 REGISTERED_RAPTOR_ARCHS.update({
     f"{arch}_r4": dict(spec, base_arch=arch, relax_rank=4)
     for arch, spec in list(REGISTERED_RAPTOR_ARCHS.items()) if spec["k"] == 2 and spec["kind"] == "dinov2"})

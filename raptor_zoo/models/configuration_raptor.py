@@ -1,6 +1,6 @@
 """Raptor configuration for transformers (model_type "raptor").
 
-One ``config.json`` serves timm, transformers and raptor_zoo (DESIGN.md §6). ``RaptorConfig`` is its schema:
+One ``config.json`` serves timm, transformers and raptor_zoo (docs/design.md §6). ``RaptorConfig`` is its schema:
 
 * transformers names for the architecture (``hidden_size``, ``num_attention_heads``, ``image_size``, ...,
   ``block_schedule``) mirror arguments of ``RaptorVisionTransformer``; :meth:`RaptorConfig.timm_model_args`

@@ -1,6 +1,6 @@
 """ Family adapters: what raptor_zoo needs to know about each family of isotropic ViTs
 
-A Raptor runs its teacher's own architecture (DESIGN.md §9); the little that differs between families lives
+A Raptor runs its teacher's own architecture (docs/design.md §9); the little that differs between families lives
 here, in one registry keyed by the timm model class:
 - the token layout of the block stack (its states are [B, N, D], or [B, H, W, D] for SAM) and which tokens are
   class / register tokens there (CaiT and XCiT add their class token after the self-attention stack);

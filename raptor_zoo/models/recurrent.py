@@ -1,6 +1,6 @@
 """ Recurrent block stack: k shared blocks presented as L step views
 
-The one design behind every Raptor (DESIGN.md §9). A Raptor is its teacher's own architecture (a timm
+The one design behind every Raptor (docs/design.md §9). A Raptor is its teacher's own architecture (a timm
 VisionTransformer, Eva, Beit, CaiT, ...) whose stack of L blocks is replaced by a `RecurrentBlocks`: it stores the
 k shared blocks once (state_dict keys `blocks.{j}.*`, j < k) and presents L step views — `len()` is L, indexing,
 slicing and iteration give step views, and calling the container runs every step. So the family's own

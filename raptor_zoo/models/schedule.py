@@ -20,16 +20,17 @@ __all__ = [
     "middle_layers",
 ]
 
-# Phase boundaries of DINOv2 ViT-B/14-reg4 (12 blocks) found by the paper's divisive max-cut (method.md §2.3):
+# Phase boundaries of DINOv2 ViT-B/14-reg4 (12 blocks) found by the paper's divisive max-cut (docs/method.md §2.3):
 # block outputs 1..b_1 form phase 1, b_1+1..b_2 phase 2, ...
 PAPER_PHASE_BOUNDARIES: dict[int, tuple[int, ...]] = {2: (7,), 3: (7, 10), 4: (4, 7, 10)}
 PAPER_DEPTH = 12
 
 
-def check_k(depth: int, k: int) -> None:
+def check_k(depth: int, k: int, teacher_name: str | None = None) -> None:
     """Raise unless 1 <= k <= depth: a teacher of depth L has at most L phases."""
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= depth:
-        raise ValueError(f"k={k!r} unique blocks is out of range for a teacher of depth {depth}; use 1 <= k <= {depth}.")
+        teacher = f"teacher {teacher_name!r}" if teacher_name else "a teacher"
+        raise ValueError(f"k={k!r} unique blocks is out of range for {teacher} of depth {depth}; use 1 <= k <= {depth}.")
 
 
 def validate_block_schedule(block_schedule: Sequence[int], depth: int | None = None) -> tuple[int, ...]:

@@ -5,7 +5,7 @@
 (the command line reads and checks it before importing torch); this module re-exports it.
 
 Distil a teacher ViT into a Raptor (k unique blocks applied recurrently on a block schedule) by trajectory
-distillation: the teacher runs on the fly, its token trajectory is the target (DESIGN.md §5).
+distillation: the teacher runs on the fly, its token trajectory is the target (docs/design.md §5).
 
 Pipeline: teacher (`load_teacher`) -> data (any source :func:`raptor_zoo.data.load_splits` reads, labels optional,
 prepared as the teacher's own inputs; or synthetic images) -> phases (discovered on a few hundred random training
@@ -42,12 +42,9 @@ from raptor_zoo.distill import (
 )
 from raptor_zoo.distill.trajectory_cache import CachedTrajectories, TrajectoryCache
 from raptor_zoo.hub import HEATMAP_NAME, PHASES_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
-from raptor_zoo.models.raptor_vit import (
-    RaptorVisionTransformer,
-    even_block_schedule,
-    scaled_paper_schedule,
-    validate_block_schedule,
-)
+from raptor_zoo.build import from_teacher
+from raptor_zoo.models.raptor_base import RaptorMixin
+from raptor_zoo.models.schedule import check_k, even_block_schedule, scaled_paper_schedule, validate_block_schedule
 from raptor_zoo.phases import PhaseResult, discover
 from raptor_zoo.teachers import load_teacher
 from raptor_zoo.training import (
@@ -176,9 +173,7 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
     elif config.block_schedule is not None:
         return validate_block_schedule(config.block_schedule, depth), None
     k = len(config.block_schedule) if config.block_schedule is not None else config.k
-    if not 1 <= k <= depth:
-        raise ValueError(f"--k {k} is out of range for teacher {teacher.name!r} of depth {depth}; "
-                         f"use 1 <= k <= {depth}.")
+    check_k(depth, k, teacher.name)
     if resumed_state is not None:
         schedule = tuple(resumed_state["block_schedule"])
         saved_phases = Path(config.output_dir) / PHASES_NAME
@@ -202,7 +197,7 @@ def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_load
     return tuple(phases.block_schedule), phases
 
 
-def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig, teacher) -> None:
+def load_student_weights(student: RaptorMixin, config: DistillConfig, teacher) -> None:
     """--init-from (whole student, strict) or --init-blocks-from (block j from folder j).
 
     A relaxed student may start from a pure Raptor's folder: its adapters are then initialised (``relax_init``)
@@ -232,7 +227,7 @@ def load_student_weights(student: RaptorVisionTransformer, config: DistillConfig
         student.init_adapters_from_teacher(teacher.blocks)
 
 
-def run_identity(config: DistillConfig, teacher, student: RaptorVisionTransformer, stages) -> dict:
+def run_identity(config: DistillConfig, teacher, student: RaptorMixin, stages) -> dict:
     """What a checkpoint records about the run, so a resume with another teacher or student shape fails early."""
     return {
         "teacher": teacher.name,
@@ -286,7 +281,7 @@ def card_metrics(config: DistillConfig, metrics: dict) -> dict:
 def training_function(config: DistillConfig) -> dict:
     accelerator, output_dir = start_run(config, tracker="distill")
     if accelerator.device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # fp32 teacher targets with TF32 matmuls (DESIGN.md §5)
+        torch.set_float32_matmul_precision("high")  # fp32 teacher targets with TF32 matmuls (docs/design.md §5)
 
     # data (a missing data directory fails here, first), teacher, loaders at the teacher's data_config
     train_set, eval_set, subsets = load_datasets(config, accelerator.num_processes)
@@ -333,7 +328,7 @@ def training_function(config: DistillConfig) -> dict:
     block_schedule, phases = resolve_block_schedule(config, teacher, train_set, train_loader, accelerator,
                                                    resumed_state)
     set_seed(config.seed)
-    student = RaptorVisionTransformer.from_teacher(
+    student = from_teacher(
         teacher, block_schedule=block_schedule, block_type=config.block_type, init=config.init,
         t_scale=config.t_scale, drop_path_rate=config.drop_path_rate, relax_rank=config.relax_rank,
         relax_init=config.relax_init, relax_targets=config.relax_targets)
