@@ -19,7 +19,7 @@ from pathlib import Path
 from raptor_zoo.bench_adaptive import adaptive_bench_command
 from raptor_zoo_cli.options import add_adaptive_arguments
 
-RESULTS_DIR = Path(__file__).resolve().parent / 'results' / 'adaptive_depth'
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "adaptive_depth"
 
 
 def main(argv=None) -> int:
@@ -33,5 +33,5 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

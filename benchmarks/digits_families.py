@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class FamiliesConfig:
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"group": "Grid", "help": "Raptor seeds"})
     raptor_config: str = field(default="recipes/configs/digits_k2.yaml", metadata={
         "group": "Runs", "help": "config of every Raptor (teacher and seed set per run)"})
-    steps: Optional[int] = field(default=None, metadata={
+    steps: int | None = field(default=None, metadata={
         "group": "Runs", "help": "distillation steps; none = the Raptor config's (300)"})
     teachers: tuple[str, ...] = field(default=tuple(TEACHERS), metadata={
         "group": "Runs", "help": "teachers to distil from (of: " + ", ".join(TEACHERS) + ")"})
@@ -131,7 +131,7 @@ def plot_cosine(summary: dict[str, Any], path: Path) -> None:
     finish_figure(figure, [ax], path, "k = 2 Raptors of digits-vit and vit_digits_patch8_reg4_dinov3")
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = parse_config(FamiliesConfig, list(sys.argv[1:] if argv is None else argv))
     runs_dir = Path(config.out_dir) / "runs"
     if not config.report_only:

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,9 +68,9 @@ class StudyConfig:
         "group": "Runs", "help": "base config of every Raptor (teacher, k, seed, relax_rank set per run)"})
     drop_path_mode: str = field(default="uniform", metadata={
         "group": "Runs", "help": "teacher drop-path profile: uniform (the paper's small-scale setting) or linear"})
-    teacher_epochs: Optional[int] = field(default=None, metadata={
+    teacher_epochs: int | None = field(default=None, metadata={
         "group": "Runs", "help": "teacher epochs; none = the teacher config's"})
-    raptor_steps: Optional[int] = field(default=None, metadata={
+    raptor_steps: int | None = field(default=None, metadata={
         "group": "Runs", "help": "Raptor distillation steps; none = the Raptor config's"})
     phase_images: int = field(default=256, metadata={"group": "Runs", "help": "training images for phase metrics"})
     workers: int = field(default=1, metadata={
@@ -106,7 +106,7 @@ class Run:
     """One teacher (k is None) or one Raptor of the grid."""
     rate: float
     seed: int
-    k: Optional[int] = None
+    k: int | None = None
     relax_rank: int = 0
 
     @property
@@ -372,7 +372,7 @@ def launch_workers(config: StudyConfig, argv: list[str], runs: list[Run]) -> int
     return done()
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(StudyConfig, argv)
     runs = study_runs(config)
@@ -402,13 +402,13 @@ def _pm(stats: dict[str, float], scale: float = 100.0, digits: int = 1, unit: st
     return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}{unit} (n={stats['n']})"
 
 
-def _pearson(x: list[float], y: list[float]) -> Optional[float]:
+def _pearson(x: list[float], y: list[float]) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _spearman(x: list[float], y: list[float]) -> Optional[float]:
+def _spearman(x: list[float], y: list[float]) -> float | None:
     rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731  (no ties expected in measured floats)
     return _pearson(list(rank(np.asarray(x))), list(rank(np.asarray(y)))) if len(x) >= 3 else None
 

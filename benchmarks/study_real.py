@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ PHOTO_NAMES = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coff
 PARTS = ("phases", "baseline", "budget", "levers", "lever-seeds", "mixed")
 
 
-def random_partition(depth: int, measured: Optional[list], seed: int = 0) -> list[str]:
+def random_partition(depth: int, measured: list | None, seed: int = 0) -> list[str]:
     """A seeded random contiguous two-phase schedule of ``depth`` layers other than the measured max-cut one."""
     cuts = [cut for cut in range(1, depth) if not measured or cut != measured[0]]
     cut = cuts[np.random.default_rng(seed).integers(len(cuts))]
@@ -168,7 +168,7 @@ class StudyRealConfig:
     probe_train_images: int = field(default=5000, metadata={"group": "Probe", "help": "MNIST train images of the probe"})
     probe_eval_images: int = field(default=2000, metadata={"group": "Probe", "help": "MNIST test images of the probe"})
     probe_epochs: int = field(default=30, metadata={"group": "Probe", "help": "epochs of the linear head"})
-    max_runs: Optional[int] = field(default=None, metadata={
+    max_runs: int | None = field(default=None, metadata={
         "group": "Run", "help": "stop after this many runs in this invocation (the rest stays resumable)"})
     threads: int = field(default=1, metadata={"group": "Run", "help": "torch threads per worker (one worker per core)"})
     commit_records: bool = field(default=False, metadata={
@@ -202,7 +202,7 @@ class StudyRealConfig:
 class Run:
     """The phases record (k is None) or one Raptor: ``recipe`` is 'joint' (the first grid's one joint TF -> AR
     stage of ``steps``) or 'two-stage' (real_teacher_cpu_k2.yaml with its 150 steps scaled to ``steps``)."""
-    k: Optional[int] = None
+    k: int | None = None
     seed: int = 0
     steps: int = 0
     recipe: Literal["joint", "two-stage"] = "two-stage"
@@ -259,7 +259,7 @@ def record_path(config: StudyRealConfig, run: Run) -> Path:
     return Path(config.out_dir) / "runs" / f"{run.name}.json"
 
 
-def load_record(config: StudyRealConfig, run: Run) -> Optional[dict]:
+def load_record(config: StudyRealConfig, run: Run) -> dict | None:
     path = record_path(config, run)
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -633,7 +633,7 @@ def commit_record(path: Path, run: Run, record: dict) -> None:
     print(f"Could not commit {path} (git busy or not a repository); it is written and will be found by the next run.")
 
 
-def next_run(config: StudyRealConfig) -> Optional[Run]:
+def next_run(config: StudyRealConfig) -> Run | None:
     """The first run of the grid without a record that no other worker holds (claimed on return)."""
     for run in study_runs(config):
         if not record_path(config, run).is_file() and _digits_study.claim(config, run):
@@ -695,7 +695,7 @@ RAPTOR_HEADER = ["| run | k | optimiser steps | schedule | teacher probe | Rapto
                  "|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
-def _lever_table(title: str, baseline: Optional[dict], levers: list[dict]) -> list[str]:
+def _lever_table(title: str, baseline: dict | None, levers: list[dict]) -> list[str]:
     if not levers or baseline is None:
         return []
     lines = [title, "", "| lever | what changes | schedule | recovery | vs plain | mean cosine | vs plain | CPU-h |",
@@ -893,7 +893,7 @@ def write_report(config: StudyRealConfig, runs: list[Run]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = parse_config(StudyRealConfig, list(sys.argv[1:] if argv is None else argv), description=__doc__)
     torch.set_num_threads(config.threads)
     if config.quick:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from raptor_zoo.bench import add_bench_arguments, bench_command
 
-RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
@@ -34,5 +34,5 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

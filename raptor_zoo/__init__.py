@@ -8,11 +8,11 @@ rest of the top-level API (teachers, the Hub folder, the zoo) is imported on fir
 import importlib
 from typing import Any
 
+from .hf_convert.clip import swap_vision_tower  # hf_convert registers the transformers teachers' timm architecture
 from .models import *  # noqa: F401,F403  (registers timm entrypoints)
 from .models.raptor_base import RaptorMixin
 from .models.raptor_vit import RaptorVisionTransformer
 from .models.services import SERVICES, provide
-from .hf_convert.clip import swap_vision_tower  # hf_convert registers the transformers teachers' timm architecture
 from .version import __version__
 
 _LAZY_ATTRIBUTES = {

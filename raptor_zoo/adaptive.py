@@ -32,28 +32,29 @@ batch sizes; ``dynamic=True`` compiles one shape-generic graph per block instead
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 __all__ = [
-    'CRITERIA',
-    'DEFAULT_CRITERION',
-    'RecurrentModel',
-    'DepthStepper',
-    'RecurrentStepper',
-    'TeacherStepper',
-    'AdaptiveOutput',
-    'as_stepper',
-    'adaptive_forward',
-    'halting_scores',
-    'exit_steps_for',
-    'calibrate_threshold',
+    "CRITERIA",
+    "DEFAULT_CRITERION",
+    "RecurrentModel",
+    "DepthStepper",
+    "RecurrentStepper",
+    "TeacherStepper",
+    "AdaptiveOutput",
+    "as_stepper",
+    "adaptive_forward",
+    "halting_scores",
+    "exit_steps_for",
+    "calibrate_threshold",
 ]
 
-DEFAULT_CRITERION = 'confidence'
+DEFAULT_CRITERION = "confidence"
 
 
 @runtime_checkable
@@ -71,7 +72,7 @@ class RecurrentModel(Protocol):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> token state x_0."""
 
-    def forward_steps(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+    def forward_steps(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run steps start..stop-1 (0-based) on state x_start."""
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -83,7 +84,7 @@ class DepthStepper(Protocol):
     """One model seen as embed -> step 0..L-1 -> finish; what :func:`adaptive_forward` runs."""
 
     depth: int
-    phase_boundaries: Optional[Sequence[int]]
+    phase_boundaries: Sequence[int] | None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, C, H, W] -> token state x_0."""
@@ -104,7 +105,7 @@ class RecurrentStepper:
     def __init__(self, model: RecurrentModel) -> None:
         self.model = model
         self.depth = int(model.depth)
-        self.phase_boundaries: Optional[Sequence[int]] = tuple(model.phase_boundaries)
+        self.phase_boundaries: Sequence[int] | None = tuple(model.phase_boundaries)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model._embed(images)
@@ -119,7 +120,7 @@ class RecurrentStepper:
         return self.model.forward_head(self._features(x), pre_logits=True)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        finish = getattr(self.model, 'finish', None)  # a family's final norm, class attention or neck
+        finish = getattr(self.model, "finish", None)  # a family's final norm, class attention or neck
         return finish(x) if finish is not None else self.model.norm(x)
 
 
@@ -130,23 +131,23 @@ class TeacherStepper:
     ``raptor_zoo.phases.discover(...).phase_boundaries``) to give it the Raptor's default minimum depth.
     """
 
-    def __init__(self, teacher: nn.Module, phase_boundaries: Optional[Sequence[int]] = None) -> None:
+    def __init__(self, teacher: nn.Module, phase_boundaries: Sequence[int] | None = None) -> None:
         from .teachers import Teacher
 
         self.teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
         if not self.teacher.family.state_only_blocks:
             raise NotImplementedError(
-                f'adaptive depth steps a teacher block by block with the state alone; a {self.teacher.family.name} '
+                f"adaptive depth steps a teacher block by block with the state alone; a {self.teacher.family.name} "
                 "teacher's blocks also take per-step arguments (RoPE, relative-position bias, grid), which the "
-                'teacher stepper does not pass yet. Its Raptor steps fine: pass the Raptor.')
+                "teacher stepper does not pass yet. Its Raptor steps fine: pass the Raptor.")
         self.depth = self.teacher.depth
         if phase_boundaries is not None:
             phase_boundaries = tuple(int(b) for b in phase_boundaries)
             if (len(phase_boundaries) < 2 or phase_boundaries[0] != 0 or phase_boundaries[-1] != self.depth
                     or any(a >= b for a, b in zip(phase_boundaries, phase_boundaries[1:]))):
                 raise ValueError(
-                    f'phase_boundaries must rise strictly from 0 to the teacher depth {self.depth} '
-                    f'(e.g. (0, {self.depth // 2}, {self.depth})); got {phase_boundaries}.')
+                    f"phase_boundaries must rise strictly from 0 to the teacher depth {self.depth} "
+                    f"(e.g. (0, {self.depth // 2}, {self.depth})); got {phase_boundaries}.")
         self.phase_boundaries = phase_boundaries
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ class TeacherStepper:
         return self.teacher.model.forward_head(self.teacher.finish(x), pre_logits=True)
 
 
-def as_stepper(model: Union[nn.Module, DepthStepper], phase_boundaries: Optional[Sequence[int]] = None
+def as_stepper(model: nn.Module | DepthStepper, phase_boundaries: Sequence[int] | None = None
                ) -> DepthStepper:
     """The :class:`DepthStepper` of ``model``: a stepper as is, a Raptor-like model, a Teacher or a timm ViT."""
     from timm.models.vision_transformer import VisionTransformer
@@ -177,31 +178,31 @@ def as_stepper(model: Union[nn.Module, DepthStepper], phase_boundaries: Optional
         return TeacherStepper(model, phase_boundaries)
     else:
         raise TypeError(
-            f'adaptive depth needs a DepthStepper (embed, step, finish, features, depth), a model with the recurrent '
-            f'interface (_embed, forward_steps, norm, forward_head, depth, block_schedule, phase_boundaries), a '
-            f'raptor_zoo Teacher or a timm VisionTransformer; got {type(model).__module__}.{type(model).__name__}.')
+            f"adaptive depth needs a DepthStepper (embed, step, finish, features, depth), a model with the recurrent "
+            f"interface (_embed, forward_steps, norm, forward_head, depth, block_schedule, phase_boundaries), a "
+            f"raptor_zoo Teacher or a timm VisionTransformer; got {type(model).__module__}.{type(model).__name__}.")
     if phase_boundaries is not None:
-        raise ValueError('phase_boundaries is only taken for a teacher; this model has its own.')
+        raise ValueError("phase_boundaries is only taken for a teacher; this model has its own.")
     return stepper
 
 
 # ---------------------------------------------------------------------------------------------- criteria
 
-def _confidence(logits: torch.Tensor, features: Optional[torch.Tensor], previous: Optional[torch.Tensor]
-                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _confidence(logits: torch.Tensor, features: torch.Tensor | None, previous: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     return 1.0 - logits.float().softmax(-1).amax(-1), None
 
 
-def _prob_change(logits: torch.Tensor, features: Optional[torch.Tensor], previous: Optional[torch.Tensor]
-                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _prob_change(logits: torch.Tensor, features: torch.Tensor | None, previous: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     probs = logits.float().softmax(-1)
     if previous is None:
         return torch.full(probs.shape[:1], math.inf, device=probs.device), probs
     return 0.5 * (probs - previous).abs().sum(-1), probs
 
 
-def _feature_change(logits: torch.Tensor, features: Optional[torch.Tensor], previous: Optional[torch.Tensor]
-                    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _feature_change(logits: torch.Tensor, features: torch.Tensor | None, previous: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     features = features.float()
     if previous is None:
         return torch.full(features.shape[:1], math.inf, device=features.device), features
@@ -212,17 +213,17 @@ def _feature_change(logits: torch.Tensor, features: Optional[torch.Tensor], prev
 @dataclass(frozen=True)
 class _Criterion:
     """Score function ``(logits, features, previous) -> (score per image, state carried to the next step)``."""
-    score: Callable[..., tuple[torch.Tensor, Optional[torch.Tensor]]]
+    score: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
     needs_logits: bool
     needs_previous: bool
     description: str
 
 
 CRITERIA: dict[str, _Criterion] = {
-    'confidence': _Criterion(_confidence, True, False, '1 - max softmax probability of the head'),
-    'prob_change': _Criterion(_prob_change, True, True, 'total-variation distance between consecutive softmaxes'),
-    'feature_change': _Criterion(
-        _feature_change, False, True, 'relative L2 change of the pooled pre-logit features between steps'),
+    "confidence": _Criterion(_confidence, True, False, "1 - max softmax probability of the head"),
+    "prob_change": _Criterion(_prob_change, True, True, "total-variation distance between consecutive softmaxes"),
+    "feature_change": _Criterion(
+        _feature_change, False, True, "relative L2 change of the pooled pre-logit features between steps"),
 }
 """Halting criteria by name: each scores images (>= 0, lower = more settled); an image exits when score < threshold."""
 
@@ -246,45 +247,45 @@ class AdaptiveOutput:
         return float(self.exit_steps.float().mean())
 
 
-def _check_knobs(stepper: DepthStepper, threshold: float, criterion: str, min_steps: Optional[int],
-                 max_steps: Optional[int]) -> tuple[int, int]:
+def _check_knobs(stepper: DepthStepper, threshold: float, criterion: str, min_steps: int | None,
+                 max_steps: int | None) -> tuple[int, int]:
     """Validate the knobs; return (min_steps, max_steps) with the defaults filled in."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0 \
             or math.isinf(threshold):
-        raise ValueError(f'threshold must be a finite number >= 0 (0 = never exit early); got {threshold!r}.')
+        raise ValueError(f"threshold must be a finite number >= 0 (0 = never exit early); got {threshold!r}.")
     if criterion not in CRITERIA:
-        raise ValueError(f'Unknown halting criterion {criterion!r}; use one of {sorted(CRITERIA)}.')
+        raise ValueError(f"Unknown halting criterion {criterion!r}; use one of {sorted(CRITERIA)}.")
     depth = stepper.depth
     if max_steps is None:
         max_steps = depth
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= depth:
-        raise ValueError(f'max_steps={max_steps!r} is out of range; use 1 <= max_steps <= L = {depth}.')
+        raise ValueError(f"max_steps={max_steps!r} is out of range; use 1 <= max_steps <= L = {depth}.")
     if min_steps is None:
         if stepper.phase_boundaries is None:
             raise ValueError(
-                'This model has no phase boundaries to take the default min_steps from (the end of the first '
+                "This model has no phase boundaries to take the default min_steps from (the end of the first "
                 "phase); pass min_steps=m (e.g. the Raptor's phase_boundaries[1]) or, for a teacher, "
-                'phase_boundaries=raptor.phase_boundaries.')
+                "phase_boundaries=raptor.phase_boundaries.")
         min_steps = min(int(stepper.phase_boundaries[1]), max_steps)
     if isinstance(min_steps, bool) or not isinstance(min_steps, int) or not 1 <= min_steps <= max_steps:
-        raise ValueError(f'min_steps={min_steps!r} is out of range; use 1 <= min_steps <= max_steps = {max_steps}.')
+        raise ValueError(f"min_steps={min_steps!r} is out of range; use 1 <= min_steps <= max_steps = {max_steps}.")
     return min_steps, max_steps
 
 
 def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
-        found = f'shape {tuple(images.shape)}' if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f'images must be a non-empty normalised [B, C, H, W] tensor; got {found}.')
+        found = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty normalised [B, C, H, W] tensor; got {found}.")
 
 
 def adaptive_forward(
-        model: Union[nn.Module, DepthStepper],
+        model: nn.Module | DepthStepper,
         images: torch.Tensor,
         threshold: float,
         criterion: str = DEFAULT_CRITERION,
-        min_steps: Optional[int] = None,
-        max_steps: Optional[int] = None,
-        phase_boundaries: Optional[Sequence[int]] = None,
+        min_steps: int | None = None,
+        max_steps: int | None = None,
+        phase_boundaries: Sequence[int] | None = None,
 ) -> AdaptiveOutput:
     """Classify ``images`` with a per-image depth: each image stops once its halting score drops below ``threshold``.
 
@@ -309,8 +310,8 @@ def adaptive_forward(
     batch = x.shape[0]
     active = torch.arange(batch, device=x.device)
     exit_steps = torch.full((batch,), max_steps, dtype=torch.long, device=x.device)
-    logits_out: Optional[torch.Tensor] = None
-    previous: Optional[torch.Tensor] = None
+    logits_out: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
     batch_sizes: list[int] = []
     for step in range(max_steps):
         batch_sizes.append(x.shape[0])
@@ -326,7 +327,7 @@ def adaptive_forward(
         if last:
             logits_out[active] = logits
             break
-        features = stepper.features(x) if criterion == 'feature_change' else None
+        features = stepper.features(x) if criterion == "feature_change" else None
         score, previous = rule.score(logits, features, previous)
         if depth < min_steps:
             continue
@@ -347,24 +348,24 @@ def adaptive_forward(
 
 
 def halting_scores(
-        model: Union[nn.Module, DepthStepper],
+        model: nn.Module | DepthStepper,
         images: torch.Tensor,
         criterion: str = DEFAULT_CRITERION,
-        phase_boundaries: Optional[Sequence[int]] = None,
+        phase_boundaries: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-depth pass on the whole batch: halting scores [B, L] (inf where undefined) and logits [B, L, C] per step."""
     if criterion not in CRITERIA:
-        raise ValueError(f'Unknown halting criterion {criterion!r}; use one of {sorted(CRITERIA)}.')
+        raise ValueError(f"Unknown halting criterion {criterion!r}; use one of {sorted(CRITERIA)}.")
     _check_images(images)
     stepper = as_stepper(model, phase_boundaries)
     rule = CRITERIA[criterion]
     x = stepper.embed(images)
-    previous: Optional[torch.Tensor] = None
+    previous: torch.Tensor | None = None
     scores, step_logits = [], []
     for step in range(stepper.depth):
         x = stepper.step(x, step)
         logits = stepper.finish(x)
-        features = stepper.features(x) if criterion == 'feature_change' else None
+        features = stepper.features(x) if criterion == "feature_change" else None
         score, previous = rule.score(logits, features, previous)
         scores.append(score)
         step_logits.append(logits)
@@ -380,12 +381,12 @@ def exit_steps_for(scores: torch.Tensor, threshold: float, min_steps: int, max_s
 
 
 def calibrate_threshold(
-        model: Union[nn.Module, DepthStepper],
+        model: nn.Module | DepthStepper,
         images: torch.Tensor,
         target_mean_steps: float,
         criterion: str = DEFAULT_CRITERION,
-        min_steps: Optional[int] = None,
-        phase_boundaries: Optional[Sequence[int]] = None,
+        min_steps: int | None = None,
+        phase_boundaries: Sequence[int] | None = None,
 ) -> float:
     """The largest threshold whose mean exit step on ``images`` stays at or above ``target_mean_steps``.
 
@@ -396,8 +397,8 @@ def calibrate_threshold(
     min_steps, max_steps = _check_knobs(stepper, 0.0, criterion, min_steps, None)
     if not min_steps <= target_mean_steps <= max_steps:
         raise ValueError(
-            f'target_mean_steps={target_mean_steps!r} is out of range; use min_steps = {min_steps} <= '
-            f'target_mean_steps <= L = {max_steps}.')
+            f"target_mean_steps={target_mean_steps!r} is out of range; use min_steps = {min_steps} <= "
+            f"target_mean_steps <= L = {max_steps}.")
     scores, _ = halting_scores(stepper, images, criterion)
     eligible = scores[:, min_steps - 1:max_steps - 1]  # exits at L happen whatever the threshold
     # thresholds just above each candidate score (in the scores' dtype), ascending; the mean exit step never rises

@@ -386,7 +386,7 @@ def render_model_card(
     ]
     comparison_note = (
         "Parameters and FLOPs are counted with `torch.utils.flop_counter` on the meta device (FLOPs = 2 x MACs, "
-        "attention included); the other rows are measurements and read \"not measured\" where none was made."
+        'attention included); the other rows are measurements and read "not measured" where none was made.'
         + _measured_on(metrics))
 
     limitations = []

@@ -14,7 +14,7 @@ from pathlib import Path
 from raptor_zoo_cli import build_parser, main
 from raptor_zoo_cli.distill_config import DistillConfig
 
-__all__ = ['main', 'build_parser', 'phases_command', 'distill_command', 'bench_or_adaptive_command', 'push_command']
+__all__ = ["main", "build_parser", "phases_command", "distill_command", "bench_or_adaptive_command", "push_command"]
 
 
 def phases_command(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def phases_command(args: argparse.Namespace) -> int:
     try:
         check_k(teacher.depth, args.k, teacher.name)
     except ValueError as error:
-        args.parser.error(f'--k: {error}')
+        args.parser.error(f"--k: {error}")
     dataset = load_image_dataset(args.data, split=args.split, labels=False)  # photos need no class folders
     dataset, subset = random_subset(dataset, args.num_images, seed=args.seed)
     loader = create_loader(dataset, teacher.data_config, batch_size=args.batch_size, is_training=False,
@@ -41,22 +41,22 @@ def phases_command(args: argparse.Namespace) -> int:
     if subset["count"] is not None and subset["count"] < args.num_images:
         print(f'--num-images {args.num_images}: the split holds {subset["count"]} images; all of them were used.')
     paths = result.save(args.out)
-    print(f'teacher {result.teacher}: depth {result.depth}, {result.num_images} images, metric {result.metric}, '
-          f'algorithm {result.algorithm}')
+    print(f"teacher {result.teacher}: depth {result.depth}, {result.num_images} images, metric {result.metric}, "
+          f"algorithm {result.algorithm}")
     print(f'k={result.k}: phases {", ".join(_phase_ranges(result.phase_boundaries))} '
           f'block_schedule {tuple(result.block_schedule)}')
-    print('k  block_schedule       cut value  fraction of total')
+    print("k  block_schedule       cut value  fraction of total")
     for row in result.scores:
         print(f"{row['k']:<2} {str(tuple(row['block_schedule'])):<20} {row['cut_value']:>9.3f}  "
               f"{row['cut_fraction']:>6.1%}")
     for note in result.notes:
-        print(f'note: {note}')
+        print(f"note: {note}")
     print(f"wrote {paths['json']} and {paths['png']}")
     return 0
 
 
 def _phase_ranges(boundaries: list[int]) -> list[str]:
-    return [f'{a + 1}-{b}' for a, b in zip(boundaries[:-1], boundaries[1:])]
+    return [f"{a + 1}-{b}" for a, b in zip(boundaries[:-1], boundaries[1:])]
 
 
 def distill_command(config: DistillConfig) -> int:
@@ -107,5 +107,5 @@ def push_command(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

@@ -18,8 +18,9 @@ import math
 import os
 import random
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ class LoadedBackbone:
     """A frozen feature extractor: ``model`` (a timm ViT: a Raptor or a teacher's model), its data_config, name."""
 
     def __init__(self, model: nn.Module, data_config: dict[str, Any], name: str, kind: str,
-                 teacher: Optional[str] = None, image_processor: Any = None):
+                 teacher: str | None = None, image_processor: Any = None):
         self.model = model.eval().requires_grad_(False)
         self.image_processor = image_processor if image_processor is not None \
             else getattr(model, "image_processor", None)
@@ -83,7 +84,7 @@ def _zoo_names() -> set[str]:
     return names
 
 
-def _folder_config(source: str) -> Optional[dict[str, Any]]:
+def _folder_config(source: str) -> dict[str, Any] | None:
     path = Path(source).expanduser() / "config.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -102,7 +103,7 @@ def backbone_kind(source: str | os.PathLike) -> Literal["raptor", "teacher"]:
     return "teacher"
 
 
-def teacher_of(source: str | os.PathLike) -> Optional[str]:
+def teacher_of(source: str | os.PathLike) -> str | None:
     """The teacher id a Raptor folder or zoo name records (config.json ``teacher``), or None."""
     source = os.fspath(source)
     config = _folder_config(source)
@@ -120,7 +121,7 @@ def load_backbone(
         source: str | os.PathLike,
         kind: BackboneKind = "auto",
         pretrained: bool = True,
-        img_size: Optional[int] = None,
+        img_size: int | None = None,
         **kwargs: Any,
 ) -> LoadedBackbone:
     """A frozen backbone: a Raptor (``raptor_zoo.from_pretrained``) or any teacher (``raptor_zoo.load_teacher``).
@@ -166,7 +167,7 @@ def extract_features(
         loader: Iterable,
         accelerator: Any = None,
         desc: str = "features",
-        max_batches: Optional[int] = None,
+        max_batches: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, 2D] float32 on CPU, labels [N]) of every batch of ``loader`` (gathered across processes)."""
     model.eval()
@@ -189,7 +190,7 @@ def extract_features(
 
 
 def feature_cache_path(cache_dir: str | os.PathLike, backbone: str, dataset: str, split: str,
-                       data_config: dict[str, Any], subset: Optional[dict[str, Any]] = None) -> Path:
+                       data_config: dict[str, Any], subset: dict[str, Any] | None = None) -> Path:
     """``cache_dir/<backbone>__<dataset>__<split>__<size>__<subset>.safetensors``: one file per backbone, data and
     subset (``all``, or the count and seed of a :func:`raptor_zoo.data.random_subset` record)."""
     def safe(name: str) -> str:
@@ -200,7 +201,7 @@ def feature_cache_path(cache_dir: str | os.PathLike, backbone: str, dataset: str
     return Path(cache_dir) / f"{safe(backbone)}__{safe(dataset)}__{safe(split)}__{size}__{taken}.safetensors"
 
 
-def cached_features(path: Optional[Path], compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+def cached_features(path: Path | None, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
                     write: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels from the safetensors file ``path`` when it exists, else ``compute()`` (then saved there
     when ``write``: only the main process writes)."""
@@ -236,7 +237,7 @@ class LinearProbe(nn.Module):
 def train_linear_probe(
         features: torch.Tensor,
         labels: torch.Tensor,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         epochs: int = 10,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -286,7 +287,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable, accelerator: Any = None, desc: str = "eval",
-                        max_batches: Optional[int] = None) -> dict[str, float]:
+                        max_batches: int | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` (images -> logits) on ``loader``."""
     was_training = model.training
     model.eval()
@@ -384,7 +385,7 @@ def layer_decay_param_groups(
         layer_decay: float = 0.75,
         min_scale: float = 0.0,
         no_weight_decay_list: Sequence[str] = (),
-        layer_ids: Optional[dict[str, int]] = None,
+        layer_ids: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """timm-style parameter groups (``lr_scale``, ``weight_decay``) from a name -> layer id mapping.
 
@@ -417,7 +418,7 @@ def create_finetune_optimizer(
         opt: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
-        layer_decay: Optional[float] = None,
+        layer_decay: float | None = None,
         layer_decay_min_scale: float = 0.0,
         **kwargs: Any,
 ) -> torch.optim.Optimizer:

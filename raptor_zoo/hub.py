@@ -54,14 +54,14 @@ from timm.models import PretrainedCfg, filter_pretrained_cfg
 from torch import nn
 
 from . import cards, zoo
-from .version import __version__
+from .models.archs import REGISTERED_RAPTOR_ARCHS
 from .models.configuration_raptor import RaptorConfig
 from .models.families import in_chans_of, native_img_size
 from .models.image_processing_raptor import RaptorImageProcessor
 from .models.raptor_base import RaptorMixin
-from .models.archs import REGISTERED_RAPTOR_ARCHS
 from .models.raptor_timm import raptor_from_model_args
 from .models.raptor_vit import checkpoint_filter_fn
+from .version import __version__
 
 __all__ = [
     "CONFIG_NAME",

@@ -185,7 +185,7 @@ class LayerDistanceAccumulator:
                 "no patch tokens are left. Check the teacher's token layout.")
         return trajectory.detach()
 
-    def update(self, trajectory: torch.Tensor) -> "LayerDistanceAccumulator":
+    def update(self, trajectory: torch.Tensor) -> LayerDistanceAccumulator:
         """Adds one batch of trajectories."""
         layers = self._layers(trajectory)
         if self.metric == "cka":
@@ -664,7 +664,7 @@ class PhaseResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PhaseResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> PhaseResult:
         """Inverse of :meth:`to_dict` (derived keys are ignored)."""
         return cls(
             teacher=data["teacher"], metric=data["metric"], tokens=data["tokens"], algorithm=data["algorithm"],
@@ -677,7 +677,7 @@ class PhaseResult:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "PhaseResult":
+    def load(cls, path: str | Path) -> PhaseResult:
         """Reads a ``phases.json`` written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():

@@ -29,8 +29,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.data import resolve_data_config
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from torch import nn
 
 from .data import ProcessorTransform, build_transform
@@ -42,13 +41,20 @@ from .hf_convert.vit import (
     ClsAvgVisionTransformer,
     convert_hf_vit,
     dinov2_data_config,
-    hf_state_dict_to_timm,
     dinov2_run_size,
+    hf_state_dict_to_timm,
     set_vit_run_size,
     vit_config_from_hf,
 )
 from .models.families import (
-    FAMILIES, accepts_any_img_size, family_of, in_chans_of, native_img_size, pair, patch_size_of)
+    FAMILIES,
+    accepts_any_img_size,
+    family_of,
+    in_chans_of,
+    native_img_size,
+    pair,
+    patch_size_of,
+)
 from .models.raptor_base import RaptorMixin
 
 __all__ = [
@@ -602,7 +608,7 @@ def _read_processor_config(location: str, *, is_folder: bool, revision: str | No
         if not path.is_file():
             return None
     else:
-        from huggingface_hub import try_to_load_from_cache, hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:

@@ -18,14 +18,15 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch.nn as nn
 import yaml
+
 from raptor_zoo_cli.config import parse_config
 
 if TYPE_CHECKING:

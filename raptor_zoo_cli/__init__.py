@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 from .config import config_from_args
 from .distill_config import DistillConfig
@@ -35,7 +35,7 @@ from .options import (
     add_push_arguments,
 )
 
-__all__ = ['Command', 'COMMANDS', 'build_parser', 'main']
+__all__ = ["Command", "COMMANDS", "build_parser", "main"]
 
 
 @dataclass(frozen=True)
@@ -47,33 +47,33 @@ class Command:
     run: str
     """``'module:function'``; the function takes the parsed namespace (or the ``config`` instance) and returns
     the exit status."""
-    config: Optional[type] = None
+    config: type | None = None
     """A config dataclass the flags build, and validate, before ``run`` is imported; ``run`` then receives it."""
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command('demo', 'the main job: embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save',
-            add_demo_arguments, 'raptor_zoo.demo:demo_command'),
-    Command('phases', 'discover the phases of a teacher (distance matrix + max-cut)',
-            add_phases_arguments, 'raptor_zoo.cli:phases_command'),
-    Command('distill', 'distil a teacher into a Raptor: the recipe of recipes/distill.py, in this process',
-            add_distill_arguments, 'raptor_zoo.cli:distill_command', config=DistillConfig),
-    Command('bench', 'throughput and latency of a Raptor against its teacher, side by side (--adaptive: early exit)',
-            add_bench_command_arguments, 'raptor_zoo.cli:bench_or_adaptive_command'),
-    Command('analyze', 'dynamical interpretability: token dynamics, update ranks, basins, phase view (JSON + PNGs)',
-            add_analyze_arguments, 'raptor_zoo.analysis.cli:analyze_command'),
-    Command('push', 'upload a Raptor folder (weights, config, card) to the Hub',
-            add_push_arguments, 'raptor_zoo.cli:push_command'),
-    Command('export', 'a Raptor or a teacher as ONNX or a torch.export program (numerics checked)',
-            add_export_arguments, 'raptor_zoo.export:export_command'),
+    Command("demo", "the main job: embedded teacher -> phases -> distil a k=2 Raptor -> evaluate -> save",
+            add_demo_arguments, "raptor_zoo.demo:demo_command"),
+    Command("phases", "discover the phases of a teacher (distance matrix + max-cut)",
+            add_phases_arguments, "raptor_zoo.cli:phases_command"),
+    Command("distill", "distil a teacher into a Raptor: the recipe of recipes/distill.py, in this process",
+            add_distill_arguments, "raptor_zoo.cli:distill_command", config=DistillConfig),
+    Command("bench", "throughput and latency of a Raptor against its teacher, side by side (--adaptive: early exit)",
+            add_bench_command_arguments, "raptor_zoo.cli:bench_or_adaptive_command"),
+    Command("analyze", "dynamical interpretability: token dynamics, update ranks, basins, phase view (JSON + PNGs)",
+            add_analyze_arguments, "raptor_zoo.analysis.cli:analyze_command"),
+    Command("push", "upload a Raptor folder (weights, config, card) to the Hub",
+            add_push_arguments, "raptor_zoo.cli:push_command"),
+    Command("export", "a Raptor or a teacher as ONNX or a torch.export program (numerics checked)",
+            add_export_arguments, "raptor_zoo.export:export_command"),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole argparse tree; each subparser carries its :class:`Command` and itself (``args.parser``)."""
     parser = argparse.ArgumentParser(
-        prog='raptor-zoo', description='Raptors: block-recurrent surrogates of Vision Transformers.')
-    subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+        prog="raptor-zoo", description="Raptors: block-recurrent surrogates of Vision Transformers.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         subparser = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(subparser)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), then import and run the chosen subcommand; its exit status."""
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # reported by the subcommand's parser, so the error shows that subcommand's usage
@@ -93,5 +93,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             target = config_from_args(command.config, args, args.parser)
         except (FileNotFoundError, TypeError, ValueError) as error:
             args.parser.error(str(error))
-    module_name, function_name = command.run.split(':')
+    module_name, function_name = command.run.split(":")
     return getattr(importlib.import_module(module_name), function_name)(target)

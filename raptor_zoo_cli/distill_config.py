@@ -9,7 +9,7 @@ name the library's constants by value: tests/test_cli.py checks them against ``r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from .data_args import DataArgs
 
@@ -31,7 +31,7 @@ class DistillConfig(DataArgs):
         "group": "Teacher", "help": "'digits-vit', a timm ViT name, a folder or a Hub repo id (raptor_zoo.load_teacher)"})
     teacher_pretrained: bool = field(default=True, metadata={
         "group": "Teacher", "help": "load the teacher's weights (--no-teacher-pretrained: random init, for tests)"})
-    teacher_img_size: Optional[int] = field(default=None, metadata={
+    teacher_img_size: int | None = field(default=None, metadata={
         "group": "Teacher", "help": "image size to run the teacher at; none = its default (224 for DINOv2)"})
     teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "group": "Teacher", "help": "extra timm.create_model arguments for the teacher, as a mapping / JSON object"})
@@ -51,18 +51,18 @@ class DistillConfig(DataArgs):
         "group": "Data", "help": "random normalised images at the teacher's input size instead of a dataset"})
     synthetic_size: int = field(default=10_000, metadata={
         "group": "Data", "help": "training images of the synthetic dataset (evaluation: 512)"})
-    trajectory_cache: Optional[str] = field(default=None, metadata={
+    trajectory_cache: str | None = field(default=None, metadata={
         "group": "Data", "help": "folder of a cache of the teacher's trajectories of the training images, computed once "
                                  "and read every epoch (needs a fixed image set: no --augment or --streaming); none = "
                                  "the teacher runs on every batch"})
     trajectory_cache_dtype: Literal["fp16", "fp32"] = field(default="fp16", metadata={
         "group": "Data", "help": "storage of the trajectory cache (fp32: exactly the on-the-fly targets)"})
     # student
-    k: Optional[int] = field(default=2, metadata={
+    k: int | None = field(default=2, metadata={
         "group": "Student", "help": "number of unique blocks (ignored when block_schedule is given)"})
-    block_schedule: Optional[tuple[int, ...]] = field(default=None, metadata={
+    block_schedule: tuple[int, ...] | None = field(default=None, metadata={
         "group": "Student", "help": "explicit repeat counts summing to the teacher depth, e.g. 7 5; none = from phases"})
-    block_schedule_teacher: Optional[str] = field(default=None, metadata={
+    block_schedule_teacher: str | None = field(default=None, metadata={
         "group": "Student", "help": "the teacher block_schedule was measured on; with another --teacher the run "
                                     "discovers that teacher's phases instead (none = the schedule applies to any)"})
     phases: Literal["auto", "even", "paper"] = field(default="auto", metadata={
@@ -75,13 +75,13 @@ class DistillConfig(DataArgs):
         "group": "Student", "help": "phases.discover partition algorithm"})
     block_type: Literal["teacher", "swiglu"] = field(default="teacher", metadata={
         "group": "Student", "help": "teacher: the teacher's block (FLOP parity); swiglu: the paper's block"})
-    init: Optional[Literal["middle", "first", "mean", "random"]] = field(default=None, metadata={
+    init: Literal["middle", "first", "mean", "random"] | None = field(default=None, metadata={
         "group": "Student", "help": "block init from the phase's teacher layers; none = middle (teacher) / random"})
     t_scale: bool = field(default=True, metadata={"group": "Student", "help": "depth-scaling gates fed the layer index"})
     drop_path_rate: float = field(default=0.0, metadata={"group": "Student", "help": "student stochastic depth"})
-    init_from: Optional[str] = field(default=None, metadata={
+    init_from: str | None = field(default=None, metadata={
         "group": "Student", "help": "folder with a model.safetensors of this student to start from"})
-    init_blocks_from: Optional[list[str]] = field(default=None, metadata={
+    init_blocks_from: list[str] | None = field(default=None, metadata={
         "group": "Student", "help": "k folders with model.safetensors; block j is taken from folder j "
                                     "(joins stage-1 jobs run with --phase-index j)"})
     relax_rank: int = field(default=0, metadata={
@@ -101,7 +101,7 @@ class DistillConfig(DataArgs):
         "group": "Objective", "help": "two_stage: 'all' phases one after the other, or one phase job (0-based)"})
     phase_objective: Literal["tf_ar", "ar", "tf"] = field(default="tf_ar", metadata={
         "group": "Objective", "help": "stage-1 objective: tf_ar = TF annealed into AR"})
-    joint_objective: Optional[Literal["tf_ar", "ar", "tf"]] = field(default=None, metadata={
+    joint_objective: Literal["tf_ar", "ar", "tf"] | None = field(default=None, metadata={
         "group": "Objective", "help": "joint-stage objective; none = ar (two_stage) / tf_ar (joint)"})
     distance: Literal["mse", "cosine"] = field(default="mse", metadata={
         "group": "Objective", "help": "trajectory distance: mse or 1 - cosine"})
@@ -109,11 +109,11 @@ class DistillConfig(DataArgs):
         "group": "Objective", "help": "loss weight of the last --last-layers layers (the ones a probe reads) against 1"})
     last_layers: int = field(default=1, metadata={
         "group": "Objective", "help": "how many of the last layers --last-layers-weight applies to"})
-    phase_token_weights: Optional[tuple[float, float, float]] = field(default=None, metadata={
+    phase_token_weights: tuple[float, float, float] | None = field(default=None, metadata={
         "group": "Objective", "help": "(cls, registers, patches) weights of phases before the last; none = plain"})
-    last_phase_token_weights: Optional[tuple[float, float, float]] = field(default=PAPER_PHASE_TOKEN_WEIGHTS, metadata={
+    last_phase_token_weights: tuple[float, float, float] | None = field(default=PAPER_PHASE_TOKEN_WEIGHTS, metadata={
         "group": "Objective", "help": "(cls, registers, patches) weights of the last phase in stage 1"})
-    joint_token_weights: Optional[tuple[float, float, float]] = field(default=PAPER_JOINT_TOKEN_WEIGHTS, metadata={
+    joint_token_weights: tuple[float, float, float] | None = field(default=PAPER_JOINT_TOKEN_WEIGHTS, metadata={
         "group": "Objective", "help": "(cls, registers, patches) weights of the joint stage; none = plain"})
     tf_anneal_ratio: float = field(default=0.25, metadata={
         "group": "Objective", "help": "fraction of a stage over which teacher forcing anneals into AR"})
@@ -123,19 +123,19 @@ class DistillConfig(DataArgs):
     # optimisation
     max_steps: int = field(default=312_500, metadata={
         "group": "Optimisation", "help": "optimiser steps of the joint stage (and of each phase job)"})
-    phase_max_steps: Optional[int] = field(default=None, metadata={
+    phase_max_steps: int | None = field(default=None, metadata={
         "group": "Optimisation", "help": "optimiser steps of each stage-1 phase job; none = max_steps"})
     batch_size: int = field(default=64, metadata={"group": "Optimisation", "help": "batch size per process"})
-    eval_batch_size: Optional[int] = field(default=None, metadata={
+    eval_batch_size: int | None = field(default=None, metadata={
         "group": "Optimisation", "help": "evaluation batch size per process; none = batch_size"})
     lr: float = field(default=3e-4, metadata={"group": "Optimisation", "help": "peak AdamW learning rate"})
     min_lr: float = field(default=1e-6, metadata={"group": "Optimisation", "help": "cosine schedule floor"})
     warmup_steps: int = field(default=10_000, metadata={
         "group": "Optimisation", "help": "linear warmup steps from 0 at the start of every stage"})
     weight_decay: float = field(default=1e-4, metadata={"group": "Optimisation", "help": "AdamW weight decay"})
-    grad_clip: Optional[float] = field(default=1.0, metadata={
+    grad_clip: float | None = field(default=1.0, metadata={
         "group": "Optimisation", "help": "max gradient norm, none to disable"})
-    ema_decay: Optional[float] = field(default=None, metadata={
+    ema_decay: float | None = field(default=None, metadata={
         "group": "Optimisation", "help": "keep an EMA of the Raptor's weights (timm ModelEmaV3, e.g. 0.99) and evaluate "
                                          "and save it instead of the raw weights; none = off"})
     gradient_accumulation_steps: int = field(default=1, metadata={
@@ -146,19 +146,19 @@ class DistillConfig(DataArgs):
     checkpoint_every: int = field(default=5000, metadata={
         "group": "Run", "help": "checkpoint interval in optimiser steps, 0 = only at the end"})
     keep_checkpoints: int = field(default=3, metadata={"group": "Run", "help": "checkpoints kept"})
-    resume: Optional[str] = field(default=None, metadata={
+    resume: str | None = field(default=None, metadata={
         "group": "Run", "help": "'latest' (starts fresh if there is none) or a checkpoints/step_N folder"})
-    max_steps_this_run: Optional[int] = field(default=None, metadata={
+    max_steps_this_run: int | None = field(default=None, metadata={
         "group": "Run", "help": "stop after this many optimiser steps in this process (checkpointed), then resume"})
     eval_every: int = field(default=0, metadata={
         "group": "Run", "help": "fidelity evaluation interval in steps, 0 = only at the end"})
-    eval_max_batches: Optional[int] = field(default=None, metadata={
+    eval_max_batches: int | None = field(default=None, metadata={
         "group": "Run", "help": "evaluate on a seeded random (stratified) subset of this many batches per process (or "
                                 "--max-eval-images: a number of images); none = the whole held-out split"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={
         "group": "Run", "help": "autocast of the student"})
     cpu: bool = field(default=False, metadata={"group": "Run", "help": "run on CPU even if a GPU is present"})
-    log_with: Optional[str] = field(default=None, metadata={
+    log_with: str | None = field(default=None, metadata={
         "group": "Run", "help": "accelerate tracker (tensorboard, wandb, ...), none = no tracker"})
 
     def __post_init__(self):

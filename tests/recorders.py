@@ -5,23 +5,23 @@ They hook public surfaces only (the shared block modules, timm's `drop_path` fun
 they keep working when the model's internal step loop is rewritten.
 """
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, List, Sequence
 
 import torch
 import torch.nn as nn
 from timm.layers import drop as timm_drop
 
 
-def shared_blocks(model: nn.Module) -> List[nn.Module]:
+def shared_blocks(model: nn.Module) -> list[nn.Module]:
     """Each block module once: a Raptor's k shared blocks (its `blocks` presents L step views of them)."""
-    return list(getattr(model, 'unique_blocks', None) or model.blocks)
+    return list(getattr(model, "unique_blocks", None) or model.blocks)
 
 
 @contextmanager
-def record_block_calls(model: nn.Module) -> Iterator[List[int]]:
+def record_block_calls(model: nn.Module) -> Iterator[list[int]]:
     """Yield a list that collects, in call order, the index of the shared block of every block application."""
-    calls: List[int] = []
+    calls: list[int] = []
     handles = [block.register_forward_pre_hook(lambda module, args, j=j: calls.append(j))
                for j, block in enumerate(shared_blocks(model))]
     try:
@@ -32,7 +32,7 @@ def record_block_calls(model: nn.Module) -> Iterator[List[int]]:
 
 
 @contextmanager
-def record_drop_rates(model: nn.Module, monkeypatch) -> Iterator[List[List[tuple]]]:
+def record_drop_rates(model: nn.Module, monkeypatch) -> Iterator[list[list[tuple]]]:
     """Yield a list with one entry per block application (in call order): the (drop_prob, training) of every call
     to timm's `drop_path` made during that application.
 
@@ -40,16 +40,16 @@ def record_drop_rates(model: nn.Module, monkeypatch) -> Iterator[List[List[tuple
     timm's own `DropPath` module), so the rate is recorded however a block reaches stochastic depth.
     """
     original = timm_drop.drop_path
-    applications: List[List[tuple]] = []
+    applications: list[list[tuple]] = []
 
     def recording_drop_path(x, drop_prob: float = 0., training: bool = False, scale_by_keep: bool = True):
-        assert applications, 'drop_path called outside a block application'
+        assert applications, "drop_path called outside a block application"
         applications[-1].append((float(drop_prob), bool(training)))
         return original(x, drop_prob, training, scale_by_keep)
 
     for module in list(sys.modules.values()):
-        if module is not None and getattr(module, '__dict__', {}).get('drop_path') is original:
-            monkeypatch.setattr(module, 'drop_path', recording_drop_path)
+        if module is not None and getattr(module, "__dict__", {}).get("drop_path") is original:
+            monkeypatch.setattr(module, "drop_path", recording_drop_path)
     handles = [block.register_forward_pre_hook(lambda module, args: applications.append([]))
                for block in shared_blocks(model)]
     try:
@@ -59,15 +59,15 @@ def record_drop_rates(model: nn.Module, monkeypatch) -> Iterator[List[List[tuple
             handle.remove()
 
 
-def assert_drop_rates(applications: List[List[tuple]], expected: Sequence[float], training: bool = True) -> None:
+def assert_drop_rates(applications: list[list[tuple]], expected: Sequence[float], training: bool = True) -> None:
     """Application l used exactly the rate expected[l] (a rate-0 step may skip drop_path altogether)."""
     assert len(applications) == len(expected), (len(applications), len(expected))
     for step, (calls, rate) in enumerate(zip(applications, expected)):
         rates = sorted({prob for prob, _ in calls})
         if rate > 0:
-            assert calls, f'step {step}: no drop_path call, expected rate {rate}'
-        assert all(abs(prob - rate) <= 1e-6 for prob in rates), f'step {step}: drop_path got {rates}, expected {rate}'
-        assert all(flag == training for _, flag in calls), f'step {step}: drop_path got training != {training}'
+            assert calls, f"step {step}: no drop_path call, expected rate {rate}"
+        assert all(abs(prob - rate) <= 1e-6 for prob in rates), f"step {step}: drop_path got {rates}, expected {rate}"
+        assert all(flag == training for _, flag in calls), f"step {step}: drop_path got training != {training}"
 
 
 def depth_scale_flops(dim: int, depth: int, hidden: int = 16) -> int:
@@ -81,8 +81,8 @@ def depth_scale_flops(dim: int, depth: int, hidden: int = 16) -> int:
 
 def adapter_flops(teacher_block: nn.Module, rank: int, targets: Sequence[str], tokens: int, depth: int) -> int:
     """FLOPs of rank-r adapters x A^T B^T on the `targets` linear layers of every step: 2 r (in + out) per token."""
-    layers = {'qkv': teacher_block.attn.qkv, 'proj': teacher_block.attn.proj, 'fc1': teacher_block.mlp.fc1,
-              'fc2': teacher_block.mlp.fc2}
+    layers = {"qkv": teacher_block.attn.qkv, "proj": teacher_block.attn.proj, "fc1": teacher_block.mlp.fc1,
+              "fc2": teacher_block.mlp.fc2}
     per_token = sum(2 * rank * (layers[t].in_features + layers[t].out_features) for t in targets)
     return depth * tokens * per_token
 

@@ -8,8 +8,20 @@ import pytest
 import torch
 
 from raptor_zoo.analysis import (
-    AnalysisConfig, TokenLayout, angular_speed, basin_map, class_basins, continue_fn_for, directional_convergence,
-    effective_rank, patch_coherence, perturb, self_correction, stable_rank, token_dynamics, update_ranks,
+    AnalysisConfig,
+    TokenLayout,
+    angular_speed,
+    basin_map,
+    class_basins,
+    continue_fn_for,
+    directional_convergence,
+    effective_rank,
+    patch_coherence,
+    perturb,
+    self_correction,
+    stable_rank,
+    token_dynamics,
+    update_ranks,
 )
 from raptor_zoo.analysis.cli import analyze_command
 from raptor_zoo_cli.options import add_analyze_arguments

@@ -6,11 +6,11 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
+from recorders import adapter_flops, counted_flops, depth_scale_flops
 
 import raptor_zoo  # noqa: F401  (registers the architectures)
 from raptor_zoo import cards, hub
 from raptor_zoo.models.configuration_raptor import RaptorConfig
-from recorders import adapter_flops, counted_flops, depth_scale_flops
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 METRICS = {

@@ -20,16 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 DIGITS_CONFIG = REPO / "recipes" / "configs" / "digits_k2.yaml"
 HEAVY_PACKAGES = ("torch", "timm", "transformers", "raptor_zoo")
 # runs the command line as the console script does, then reports its exit status and the heavy modules it imported
-_PROBE = """
+_PROBE = f"""
 import json, sys
 import raptor_zoo_cli
 try:
     status = raptor_zoo_cli.main(sys.argv[1:])
 except SystemExit as exit:
     status = exit.code
-heavy = sorted(name for name in sys.modules if name.split(".")[0] in %r)
-print("PROBE " + json.dumps({"status": status, "heavy": heavy}), file=sys.stderr)
-""" % (HEAVY_PACKAGES,)
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY_PACKAGES!r})
+print("PROBE " + json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
+"""
 
 
 def _probe(*argv: str) -> tuple[dict, str, str]:
@@ -136,21 +136,21 @@ def test_mirrored_names_match_the_library():
 
 
 def test_phases_command_on_embedded_teacher(tmp_path, capsys):
-    out = tmp_path / 'phases_out'
-    assert main(['phases', '--teacher', 'digits-vit', '--data', 'digits', '--k', '2',
-                 '--num-images', '64', '--out', str(out)]) == 0
-    result = json.loads((out / 'phases.json').read_text())
-    assert result['teacher'] == 'digits-vit' and result['k'] == 2 and result['num_images'] == 64
-    assert len(result['block_schedule']) == 2 and sum(result['block_schedule']) == 12
-    assert [row['k'] for row in result['scores']] == list(range(1, 7))
-    assert (out / 'phases.png').stat().st_size > 10_000
+    out = tmp_path / "phases_out"
+    assert main(["phases", "--teacher", "digits-vit", "--data", "digits", "--k", "2",
+                 "--num-images", "64", "--out", str(out)]) == 0
+    result = json.loads((out / "phases.json").read_text())
+    assert result["teacher"] == "digits-vit" and result["k"] == 2 and result["num_images"] == 64
+    assert len(result["block_schedule"]) == 2 and sum(result["block_schedule"]) == 12
+    assert [row["k"] for row in result["scores"]] == list(range(1, 7))
+    assert (out / "phases.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
-    assert 'block_schedule' in printed and 'phases.png' in printed
+    assert "block_schedule" in printed and "phases.png" in printed
 
 
 def test_phases_command_rejects_k_beyond_depth(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(['phases', '--teacher', 'digits-vit', '--k', '13', '--out', str(tmp_path)])
+        main(["phases", "--teacher", "digits-vit", "--k", "13", "--out", str(tmp_path)])
     assert exit_info.value.code == 2  # argparse's usage error, before any image is read
     assert "--k: k=13 unique blocks is out of range for teacher 'digits-vit' of depth 12" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -164,18 +164,18 @@ def test_phases_command_on_a_flat_folder_of_photos_and_the_api_on_paths(tmp_path
     from raptor_zoo.phases import discover
     from raptor_zoo.teachers import load_teacher
 
-    photos = tmp_path / 'photos'
+    photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
     for index in range(12):
-        Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(photos / f'{index:02d}.png')
-    out = tmp_path / 'phases_out'
-    assert main(['phases', '--teacher', 'digits-vit', '--data', str(photos), '--k', '2', '--num-images', '12',
-                 '--batch-size', '5', '--out', str(out)]) == 0
-    from_folder = json.loads((out / 'phases.json').read_text())
-    assert from_folder['num_images'] == 12
-    from_paths = discover(load_teacher('digits-vit'), sorted(photos.iterdir()), k=2, batch_size=5, progress=False)
-    assert from_paths.num_images == 12 and list(from_paths.block_schedule) == from_folder['block_schedule']
-    np.testing.assert_allclose(from_paths.distance, np.array(from_folder['distance']), rtol=1e-5, atol=1e-6)
-    with pytest.raises(FileNotFoundError, match='do not exist'):
-        discover(load_teacher('digits-vit'), [photos / 'missing.png'], k=2, progress=False)
+        Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(photos / f"{index:02d}.png")
+    out = tmp_path / "phases_out"
+    assert main(["phases", "--teacher", "digits-vit", "--data", str(photos), "--k", "2", "--num-images", "12",
+                 "--batch-size", "5", "--out", str(out)]) == 0
+    from_folder = json.loads((out / "phases.json").read_text())
+    assert from_folder["num_images"] == 12
+    from_paths = discover(load_teacher("digits-vit"), sorted(photos.iterdir()), k=2, batch_size=5, progress=False)
+    assert from_paths.num_images == 12 and list(from_paths.block_schedule) == from_folder["block_schedule"]
+    np.testing.assert_allclose(from_paths.distance, np.array(from_folder["distance"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        discover(load_teacher("digits-vit"), [photos / "missing.png"], k=2, progress=False)

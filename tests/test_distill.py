@@ -2,8 +2,8 @@
 import math
 
 import pytest
-import torch
 import timm
+import torch
 
 import raptor_zoo  # noqa: F401  (registers the digits architecture)
 from raptor_zoo.distill import (

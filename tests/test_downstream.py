@@ -22,8 +22,8 @@ from transformers import AutoBackbone, AutoConfig
 
 import raptor_zoo
 from raptor_zoo.downstream import (
-    create_finetune_optimizer,
     SeededTransformDataset,
+    create_finetune_optimizer,
     freeze_for_finetuning,
     layer_decay_param_groups,
     load_backbone,

@@ -2,9 +2,9 @@
 and ConfigTester (tests/ is not in the wheel) on tiny configs."""
 import inspect
 import json
-from unittest import mock
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import safetensors.torch
@@ -19,7 +19,12 @@ from raptor_zoo.flops import count_params
 from raptor_zoo.models.attention_maps import attention_maps
 from raptor_zoo.models.configuration_raptor import RaptorConfig
 from raptor_zoo.models.modeling_raptor import (
-    RaptorBackbone, RaptorForImageClassification, RaptorModel, RaptorPreTrainedModel, register_raptor_auto_classes)
+    RaptorBackbone,
+    RaptorForImageClassification,
+    RaptorModel,
+    RaptorPreTrainedModel,
+    register_raptor_auto_classes,
+)
 from raptor_zoo.models.raptor_vit import RaptorVisionTransformer
 
 ALL_MODEL_CLASSES = (RaptorModel, RaptorForImageClassification, RaptorBackbone)

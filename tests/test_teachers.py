@@ -5,7 +5,6 @@ import huggingface_hub.constants
 import pytest
 import timm
 import torch
-import raptor_zoo
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import (
@@ -22,6 +21,7 @@ from transformers import (
     ViTModel,
 )
 
+import raptor_zoo
 from raptor_zoo.teachers import (
     EMBEDDED_TEACHERS,
     ClsAvgVisionTransformer,

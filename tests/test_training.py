@@ -3,7 +3,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import safetensors
@@ -38,7 +38,7 @@ class ExampleConfig:
     lr: float = 1e-3
     epochs: int = 10
     use_ema: bool = False
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     block_schedule: tuple[int, ...] = (7, 5)
     image_size: tuple[int, int] = (32, 32)
     weights: list[float] = field(default_factory=lambda: [0.45, 0.1, 0.45])
@@ -116,7 +116,7 @@ def test_save_config_round_trips(tmp_path):
 class RenamedConfig:
     """A config whose fields were renamed: `dataset` was `data`, `max_train_images` was `max_images`."""
     dataset: str = field(default="digits", metadata={"help": "images", "aliases": ["data"]})
-    max_train_images: Optional[int] = field(default=None, metadata={"aliases": ["max_images"]})
+    max_train_images: int | None = field(default=None, metadata={"aliases": ["max_images"]})
     use_ema: bool = field(default=False, metadata={"aliases": ["ema"]})
 
 

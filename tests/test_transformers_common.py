@@ -14,6 +14,9 @@ import unittest
 from unittest import mock
 
 import pytest
+from third_party.transformers_tests.test_backbone_common import BackboneTesterMixin
+from third_party.transformers_tests.test_configuration_common import ConfigTester
+from third_party.transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
 from torch import nn
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import torch_device
@@ -21,9 +24,6 @@ from transformers.testing_utils import torch_device
 import raptor_zoo  # noqa: F401  (registers "raptor" with the Auto classes)
 from raptor_zoo.models.configuration_raptor import RaptorConfig
 from raptor_zoo.models.modeling_raptor import RaptorBackbone, RaptorForImageClassification, RaptorModel
-from third_party.transformers_tests.test_backbone_common import BackboneTesterMixin
-from third_party.transformers_tests.test_configuration_common import ConfigTester
-from third_party.transformers_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
 
 RAPTOR_MAPPING_NAMES = {
     "MODEL_MAPPING_NAMES": "RaptorModel",

@@ -14,8 +14,15 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, \
-    CLIPVisionConfig, CLIPVisionModelWithProjection, pipeline
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    pipeline,
+)
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
 import raptor_zoo

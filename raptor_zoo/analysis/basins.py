@@ -8,8 +8,9 @@ or a Raptor (``forward_steps``). The dynamics are autonomous in the state, so a 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -6,8 +6,9 @@ Depth is time. Token norms grow with depth, so every measure is taken on directi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ class TokenLayout:
                 f"({int(self.has_class_token)}) + num_reg_tokens ({self.num_reg_tokens}), num_reg_tokens >= 0.")
 
     @classmethod
-    def from_model(cls, model: Any) -> "TokenLayout":
+    def from_model(cls, model: Any) -> TokenLayout:
         """The layout of a Teacher, a Raptor or any timm ViT (``num_prefix_tokens``, ``num_reg_tokens``, ``has_class_token``)."""
         missing = [name for name in ("num_prefix_tokens", "num_reg_tokens", "has_class_token") if not hasattr(model, name)]
         if missing:

@@ -3,8 +3,9 @@ max-cut phases found in each and the Raptor's block schedule drawn on top (dista
 :mod:`raptor_zoo.phases`)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

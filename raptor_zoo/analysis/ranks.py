@@ -1,8 +1,9 @@
 """Low-rank structure of the per-layer updates Δ_ℓ = x_ℓ − x_{ℓ−1} (tokens × D, one matrix per image)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

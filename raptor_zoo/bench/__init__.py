@@ -22,12 +22,19 @@ from .compare import CPU_BATCH_SIZES, GPU_BATCH_SIZES, compare_teacher_raptor, f
 from .environment import device_name, device_slug, environment_info, resolve_device
 from .results import markdown_table, plot_throughput, write_json, write_markdown
 from .runners import (
-    DTYPES, MEMORY_KIND, MODES, InferenceRunner, benchmark_inference, prepare_model, summarise_latencies)
+    DTYPES,
+    MEMORY_KIND,
+    MODES,
+    InferenceRunner,
+    benchmark_inference,
+    prepare_model,
+    summarise_latencies,
+)
 
 __all__ = [
-    'MODES', 'DTYPES', 'GPU_BATCH_SIZES', 'CPU_BATCH_SIZES', 'FLOPS_CONVENTION', 'MEMORY_KIND',
-    'BenchSettings', 'InferenceRunner', 'resolve_device', 'device_name', 'device_slug', 'environment_info',
-    'prepare_model', 'summarise_latencies', 'benchmark_inference', 'ratio_stats', 'compare_teacher_raptor',
-    'flops_row', 'write_json', 'markdown_table', 'write_markdown', 'plot_throughput', 'add_bench_arguments',
-    'resolve_bench_settings', 'bench_command',
+    "MODES", "DTYPES", "GPU_BATCH_SIZES", "CPU_BATCH_SIZES", "FLOPS_CONVENTION", "MEMORY_KIND",
+    "BenchSettings", "InferenceRunner", "resolve_device", "device_name", "device_slug", "environment_info",
+    "prepare_model", "summarise_latencies", "benchmark_inference", "ratio_stats", "compare_teacher_raptor",
+    "flops_row", "write_json", "markdown_table", "write_markdown", "plot_throughput", "add_bench_arguments",
+    "resolve_bench_settings", "bench_command",
 ]

@@ -12,8 +12,9 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,37 +26,37 @@ from ..flops import count_flops, count_params
 from .environment import device_name, resolve_device
 
 __all__ = [
-    'MODES', 'DTYPES', 'MEMORY_KIND', 'prepare_model', 'InferenceRunner', 'summarise_latencies',
-    'benchmark_inference',
+    "MODES", "DTYPES", "MEMORY_KIND", "prepare_model", "InferenceRunner", "summarise_latencies",
+    "benchmark_inference",
 ]
 
 _logger = logging.getLogger(__name__)
 
 MEMORY_KIND = {
-    'cuda': 'cuda_max_allocated: weights + the largest rise of torch.cuda.max_memory_allocated during the '
+    "cuda": "cuda_max_allocated: weights + the largest rise of torch.cuda.max_memory_allocated during the "
             "model's own calls (warm-up included)",
-    'cpu': None,
+    "cpu": None,
 }
 
 
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
     if value not in valid:
-        raise ValueError(f'{name} must be one of {tuple(valid)}, got {value!r}.')
+        raise ValueError(f"{name} must be one of {tuple(valid)}, got {value!r}.")
 
 
 def _check_mode_device(mode: str, device: torch.device) -> None:
-    _check_choice('mode', mode, MODES)
-    if mode == 'cudagraphs' and device.type != 'cuda':
+    _check_choice("mode", mode, MODES)
+    if mode == "cudagraphs" and device.type != "cuda":
         raise ValueError("mode 'cudagraphs' (torch.compile mode='reduce-overhead') needs a CUDA device; "
                          "use mode 'eager' or 'compile' on CPU.")
 
 
 def prepare_model(model: nn.Module, mode: str) -> Callable[..., Any]:
     """The callable to time: the module itself, ``torch.compile(model)``, or CUDA graphs via 'reduce-overhead'."""
-    _check_choice('mode', mode, MODES)
-    if mode == 'eager':
+    _check_choice("mode", mode, MODES)
+    if mode == "eager":
         return model
-    return torch.compile(model, mode='reduce-overhead' if mode == 'cudagraphs' else 'default', dynamic=False)
+    return torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs" else "default", dynamic=False)
 
 
 class _StepsForward(nn.Module):
@@ -74,12 +75,12 @@ def _is_oom(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     message = str(error).lower()
-    return isinstance(error, RuntimeError) and ('out of memory' in message or "can't allocate memory" in message)
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _error_text(error: BaseException) -> str:
-    text = f'{type(error).__name__}: {error}'.strip()
-    return text if len(text) <= 500 else text[:497] + '...'
+    text = f"{type(error).__name__}: {error}".strip()
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _param_bytes(model: nn.Module) -> int:
@@ -90,7 +91,7 @@ def _param_bytes(model: nn.Module) -> int:
 
 def _free_memory(device: torch.device) -> None:
     """Return cached CUDA memory between cells (a no-op on CPU, where freed tensors go back at once)."""
-    if device.type == 'cuda':
+    if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -108,45 +109,45 @@ class InferenceRunner:
             model: nn.Module,
             batch_size: int,
             img_size: int,
-            device: Union[str, torch.device],
-            dtype: str = 'fp32',
-            mode: str = 'eager',
-            num_steps: Optional[int] = None,
-            in_chans: Optional[int] = None,
+            device: str | torch.device,
+            dtype: str = "fp32",
+            mode: str = "eager",
+            num_steps: int | None = None,
+            in_chans: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        _check_choice('dtype', dtype, DTYPES)
+        _check_choice("dtype", dtype, DTYPES)
         _check_mode_device(mode, self.device)
         if batch_size < 1:
-            raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.model = model.eval().to(self.device)
         self.batch_size = batch_size
         self.img_size = img_size
         self.dtype = dtype
         self.mode = mode
         self.num_steps = num_steps
-        in_chans = in_chans or getattr(model, 'in_chans', 3)
+        in_chans = in_chans or getattr(model, "in_chans", 3)
         target = _StepsForward(self.model, num_steps) if num_steps is not None else self.model
         self.model_fn = prepare_model(target, mode)
         self.inputs = torch.randn(batch_size, in_chans, img_size, img_size, device=self.device)
         self.round_latencies_ms: list[list[float]] = []
-        self.warmup_s: Optional[float] = None
-        self.peak_memory_mb: Optional[float] = None
+        self.warmup_s: float | None = None
+        self.peak_memory_mb: float | None = None
         self._param_bytes = _param_bytes(self.model)
 
     def _autocast(self):
-        if self.dtype == 'bf16':
+        if self.dtype == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _call(self) -> None:
-        if self.mode == 'cudagraphs':
+        if self.mode == "cudagraphs":
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad(), self._autocast():
             self.model_fn(self.inputs)
 
     def _track_memory(self, run: Callable[[], Any]) -> Any:
-        if self.device.type != 'cuda':
+        if self.device.type != "cuda":
             return run()
         torch.cuda.synchronize(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -163,7 +164,7 @@ class InferenceRunner:
         def run() -> None:
             for _ in range(max(iters, 1)):
                 self._call()
-            if self.device.type == 'cuda':
+            if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
 
         start = time.perf_counter()
@@ -172,7 +173,7 @@ class InferenceRunner:
         return self.warmup_s
 
     def _timed_call(self) -> float:
-        if self.device.type == 'cuda':
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -204,25 +205,25 @@ class InferenceRunner:
 def summarise_latencies(latencies_ms: Sequence[float], batch_size: int) -> dict[str, Any]:
     """Median, p90, mean, min and max latency (ms) and img/s (batch size / median latency)."""
     if not latencies_ms:
-        raise ValueError('no latencies to summarise: time at least one iteration.')
+        raise ValueError("no latencies to summarise: time at least one iteration.")
     ordered = sorted(latencies_ms)
     p90_index = min(len(ordered) - 1, max(0, math.ceil(0.9 * len(ordered)) - 1))
     median = statistics.median(ordered)
     return {
-        'latency_ms_median': median,
-        'latency_ms_p90': ordered[p90_index],
-        'latency_ms_mean': statistics.fmean(ordered),
-        'latency_ms_min': ordered[0],
-        'latency_ms_max': ordered[-1],
-        'img_per_sec': batch_size * 1e3 / median,
-        'timed_iters': len(ordered),
+        "latency_ms_median": median,
+        "latency_ms_p90": ordered[p90_index],
+        "latency_ms_mean": statistics.fmean(ordered),
+        "latency_ms_min": ordered[0],
+        "latency_ms_max": ordered[-1],
+        "img_per_sec": batch_size * 1e3 / median,
+        "timed_iters": len(ordered),
     }
 
 
-def _model_flops(model: nn.Module, img_size: int, num_steps: Optional[int]) -> int:
+def _model_flops(model: nn.Module, img_size: int, num_steps: int | None) -> int:
     """FLOPs of one image; counted on the model's own device under the math SDPA backend."""
-    in_chans = getattr(model, 'in_chans', 3)
-    kwargs = {} if num_steps is None else {'num_steps': num_steps}
+    in_chans = getattr(model, "in_chans", 3)
+    kwargs = {} if num_steps is None else {"num_steps": num_steps}
     return count_flops(model, (in_chans, img_size, img_size), batch_size=1, **kwargs)
 
 
@@ -230,16 +231,16 @@ def benchmark_inference(
         model: nn.Module,
         batch_size: int,
         img_size: int,
-        device: Union[str, torch.device, None] = None,
-        dtype: str = 'fp32',
-        mode: str = 'eager',
+        device: str | torch.device | None = None,
+        dtype: str = "fp32",
+        mode: str = "eager",
         warmup: int = 10,
         iters: int = 40,
-        num_steps: Optional[int] = None,
-        flops: Optional[int] = None,
+        num_steps: int | None = None,
+        flops: int | None = None,
         count_model_flops: bool = True,
         retry_oom: bool = True,
-        name: Optional[str] = None,
+        name: str | None = None,
 ) -> dict[str, Any]:
     """Inference latency / throughput of ``model`` on random ``[batch_size, C, img_size, img_size]`` inputs.
 
@@ -250,10 +251,10 @@ def benchmark_inference(
     (None, or the failure as text: an OOM at batch 1, or any other exception).
     """
     device = resolve_device(device)
-    _check_choice('dtype', dtype, DTYPES)
+    _check_choice("dtype", dtype, DTYPES)
     _check_mode_device(mode, device)
     if batch_size < 1 or iters < 1 or warmup < 0:
-        raise ValueError(f'need batch_size >= 1, iters >= 1, warmup >= 0; got {batch_size}, {iters}, {warmup}.')
+        raise ValueError(f"need batch_size >= 1, iters >= 1, warmup >= 0; got {batch_size}, {iters}, {warmup}.")
     row: dict[str, Any] = dict(
         model=name or type(model).__name__, batch_size=batch_size, requested_batch_size=batch_size,
         img_size=img_size, device=device_name(device), dtype=dtype, mode=mode, num_steps=num_steps,
@@ -262,8 +263,8 @@ def benchmark_inference(
         try:
             flops = _model_flops(model.to(device), img_size, num_steps)
         except Exception as error:  # recorded, the timing still runs
-            row['flops_error'] = _error_text(error)
-    row['gflops'] = None if flops is None else flops / 1e9
+            row["flops_error"] = _error_text(error)
+    row["gflops"] = None if flops is None else flops / 1e9
     while True:
         runner = None
         try:
@@ -271,7 +272,7 @@ def benchmark_inference(
             runner.warmup(warmup)
             runner.time_round(iters)
             row.update(runner.summary(), batch_size=batch_size)
-            row.pop('round_img_per_sec')
+            row.pop("round_img_per_sec")
             return row
         except Exception as error:
             error_text = _error_text(error)
@@ -279,7 +280,7 @@ def benchmark_inference(
             _free_memory(device)
             next_batch = decay_batch_step(batch_size) if retry_oom and _is_oom(error) else 0
             if next_batch and check_batch_size_retry(error_text):
-                _logger.warning('%s at batch size %d: retrying with %d.', error_text, batch_size, next_batch)
+                _logger.warning("%s at batch size %d: retrying with %d.", error_text, batch_size, next_batch)
                 batch_size = next_batch
                 continue
             row.update(error=error_text, batch_size=batch_size)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -55,7 +55,7 @@ def raptor_trajectory(student: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.stack(states, dim=1)
 
 
-def _split_batch(batch: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, Mapping):
         images = batch.get("pixel_values", batch.get("image"))
         labels = batch.get("labels", batch.get("label"))
@@ -108,7 +108,7 @@ def evaluate_fidelity(
         student: nn.Module,
         teacher: nn.Module,
         loader: Iterable[Any],
-        max_batches: Optional[int] = None,
+        max_batches: int | None = None,
         accelerator: Any = None,
         progress: bool = True,
 ) -> dict[str, Any]:
@@ -231,7 +231,7 @@ def fidelity_summary(metrics: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def plot_fidelity(metrics: Mapping[str, Any], path: str | Path | None = None, title: Optional[str] = None) -> Figure:
+def plot_fidelity(metrics: Mapping[str, Any], path: str | Path | None = None, title: str | None = None) -> Figure:
     """Per-layer cosine per token group (left) and R² in both forms (right); saved as PNG when ``path`` is given."""
     layers = metrics["layers"]
     figure = Figure(figsize=(10, 4), constrained_layout=True)

@@ -7,7 +7,7 @@ distances: the autoregressive loss "averaged over every produced layer" is one c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ __all__ = [
 Distance = Literal["mse", "cosine"]
 DISTANCES = ("mse", "cosine")
 TOKEN_GROUPS = ("cls", "registers", "patches")
-TokenWeights = Union[Sequence[float], Mapping[str, float]]
+TokenWeights = Sequence[float] | Mapping[str, float]
 
 # The paper's token-group weights (cls, registers, patches): stage 1 uses them for the last phase only
 # (the other phases use plain MSE), stage 2 (joint) uses the second set.
@@ -37,7 +37,7 @@ PAPER_JOINT_TOKEN_WEIGHTS = (0.45, 0.10, 0.45)
 _GROUP_ALIASES = {"cls": "cls", "reg": "registers", "registers": "registers", "patch": "patches", "patches": "patches"}
 
 
-def resolve_token_weights(token_weights: Optional[TokenWeights]) -> Optional[dict[str, float]]:
+def resolve_token_weights(token_weights: TokenWeights | None) -> dict[str, float] | None:
     """``(w_cls, w_reg, w_patch)`` or a mapping with keys cls / reg(isters) / patch(es) -> ``{group: weight}``."""
     if token_weights is None:
         return None
@@ -95,7 +95,7 @@ def trajectory_distance(
         pred: torch.Tensor,
         target: torch.Tensor,
         distance: Distance = "mse",
-        token_weights: Optional[TokenWeights] = None,
+        token_weights: TokenWeights | None = None,
         num_prefix_tokens: int = 1,
         num_reg_tokens: int = 0,
         has_class_token: bool = True,

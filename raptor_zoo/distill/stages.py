@@ -7,8 +7,9 @@ small budgets). Every stage has its own step budget, optimiser and learning-rate
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 from .losses import PAPER_JOINT_TOKEN_WEIGHTS, PAPER_PHASE_TOKEN_WEIGHTS, resolve_token_weights
 from .task import OBJECTIVES
@@ -24,9 +25,9 @@ class StageSpec:
     """One stage of a distillation run: what trains, on which objective and loss, for how many steps."""
     name: str
     stage: Literal["phase", "joint"]
-    phase_index: Optional[int]
+    phase_index: int | None
     objective: Literal["tf_ar", "ar", "tf"]
-    token_weights: Optional[tuple[float, float, float]]
+    token_weights: tuple[float, float, float] | None
     max_steps: int
 
     def task_kwargs(self) -> dict[str, Any]:
@@ -40,7 +41,7 @@ class StageSpec:
         return data
 
 
-def parse_phase_index(phase_index: Union[str, int, None], k: int) -> Optional[int]:
+def parse_phase_index(phase_index: str | int | None, k: int) -> int | None:
     """``'all'``/None -> None (every phase, one after the other), else a 0-based phase index < k."""
     if phase_index is None or str(phase_index).lower() == "all":
         return None
@@ -53,7 +54,7 @@ def parse_phase_index(phase_index: Union[str, int, None], k: int) -> Optional[in
     return index
 
 
-def _weights(value: Optional[Sequence[float]]) -> Optional[tuple[float, float, float]]:
+def _weights(value: Sequence[float] | None) -> tuple[float, float, float] | None:
     if value is None:
         return None
     resolve_token_weights(value)
@@ -64,13 +65,13 @@ def stage_plan(
         schedule: Schedule,
         k: int,
         max_steps: int,
-        phase_index: Union[str, int, None] = "all",
-        phase_max_steps: Optional[int] = None,
+        phase_index: str | int | None = "all",
+        phase_max_steps: int | None = None,
         phase_objective: str = "tf_ar",
-        joint_objective: Optional[str] = None,
-        phase_token_weights: Optional[Sequence[float]] = None,
-        last_phase_token_weights: Optional[Sequence[float]] = PAPER_PHASE_TOKEN_WEIGHTS,
-        joint_token_weights: Optional[Sequence[float]] = PAPER_JOINT_TOKEN_WEIGHTS,
+        joint_objective: str | None = None,
+        phase_token_weights: Sequence[float] | None = None,
+        last_phase_token_weights: Sequence[float] | None = PAPER_PHASE_TOKEN_WEIGHTS,
+        joint_token_weights: Sequence[float] | None = PAPER_JOINT_TOKEN_WEIGHTS,
 ) -> list[StageSpec]:
     """The stages of a run, in order.
 

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
 from ..models.families import EMBEDDING_PARAMETER_PREFIXES, HEAD_PARAMETER_PREFIXES
-from .losses import DISTANCES, Distance, TokenWeights, resolve_token_weights, teacher_forcing_weight, trajectory_distance
+from .losses import (
+    DISTANCES,
+    Distance,
+    TokenWeights,
+    resolve_token_weights,
+    teacher_forcing_weight,
+    trajectory_distance,
+)
 
 __all__ = [
     "STAGES",
@@ -45,7 +52,7 @@ TEACHER_PRECISIONS = ("fp32", "bf16")
 
 
 
-def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> Optional[int]:
+def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> int | None:
     """The unique block a parameter belongs to: ``blocks.{j}.*``, or ``relax.{step}.*`` (that step's block)."""
     if name.startswith("blocks."):
         return int(name.split(".", 2)[1])
@@ -56,7 +63,7 @@ def _block_index(name: str, step_block_indices: tuple[int, ...] = ()) -> Optiona
 
 def freeze_for_distillation(
         student: nn.Module,
-        trainable_blocks: Optional[Iterable[int]] = None,
+        trainable_blocks: Iterable[int] | None = None,
         train_embedding: bool = False,
         train_head: bool = False,
         train_adapters_only: bool = False,
@@ -115,13 +122,13 @@ class TrajectoryDistillationTask(nn.Module):
             teacher: nn.Module,
             *,
             stage: Stage = "joint",
-            phase_index: Optional[int] = None,
+            phase_index: int | None = None,
             objective: Objective = "tf_ar",
-            max_steps: Optional[int] = None,
+            max_steps: int | None = None,
             tf_anneal_ratio: float = 0.25,
             tf_min: float = 0.0,
             distance: Distance = "mse",
-            token_weights: Optional[TokenWeights] = None,
+            token_weights: TokenWeights | None = None,
             last_layers_weight: float = 1.0,
             last_layers: int = 1,
             input_noise_std: float = 0.0,
@@ -234,7 +241,7 @@ class TrajectoryDistillationTask(nn.Module):
             del state[key]
         return state
 
-    def train(self, mode: bool = True) -> "TrajectoryDistillationTask":
+    def train(self, mode: bool = True) -> TrajectoryDistillationTask:
         super().train(mode)
         self.teacher.eval()
         return self
@@ -304,8 +311,8 @@ class TrajectoryDistillationTask(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, images: Optional[torch.Tensor] = None, step: int = 0,
-                trajectory: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor | None = None, step: int = 0,
+                trajectory: torch.Tensor | None = None) -> dict[str, Any]:
         """Loss of one batch at stage-local optimiser ``step`` (it sets λ).
 
         ``trajectory`` (the teacher's states ``[B, L + 1, N, D]`` of the batch, e.g. from a

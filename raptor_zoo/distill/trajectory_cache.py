@@ -57,7 +57,7 @@ class TrajectoryCache:
             batch_size: int = 64,
             device: torch.device | str = "cpu",
             progress: bool = True,
-    ) -> "TrajectoryCache":
+    ) -> TrajectoryCache:
         """The cache in ``folder`` if it holds ``identity`` (what the trajectories are of) in ``dtype``, else built:
         ``teacher.trajectory`` over ``images`` (a map-style dataset of ``(normalised image, label)``, in order),
         written to a temporary file and renamed, so a killed build leaves no cache that looks complete."""

@@ -6,6 +6,7 @@ transformers ``model_type`` in :data:`HF_CONVERTERS`. :func:`convert_hf_model` d
 ``config.model_type``; ``raptor_zoo.load_teacher`` uses it for modules, folders and Hub repo ids, so a
 transformers teacher becomes a timm model of a family the Raptors already cover (``models/families.py``).
 """
-from . import beit, clip, dinov3, siglip2, vit  # noqa: F401  (each registers its family's converters)
-from .registry import *  # noqa: F403  (the public names of the package are the registry's)
-from .registry import __all__
+from . import beit, clip, dinov3, registry, siglip2, vit  # noqa: F401  (each family registers its converters)
+from .registry import *  # noqa: F403
+
+__all__ = registry.__all__  # the public names of the package are the registry's

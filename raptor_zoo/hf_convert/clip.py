@@ -45,7 +45,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -60,7 +60,6 @@ from .registry import (
     hf_model_type,
     processor_data_config,
     register_hf_converter,
-    timm_mlp_ratio,
 )
 from .vit import set_vit_run_size
 
@@ -99,7 +98,7 @@ _SIGLIP_MEAN = (0.5, 0.5, 0.5)
 _SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
-def _family(model_type: Optional[str]) -> str:
+def _family(model_type: str | None) -> str:
     if model_type not in _FAMILY_OF_TYPE:
         raise ValueError(
             f"transformers model_type {model_type!r} is not a CLIP / SigLIP / AIMv2 model; supported: "
@@ -376,7 +375,7 @@ def _finish(model: VisionTransformer, tower: nn.Module) -> VisionTransformer:
     return model.to(device=reference.device, dtype=dtype).eval()
 
 
-def _classifier(hf_model: nn.Module, tower: nn.Module) -> Optional[nn.Module]:
+def _classifier(hf_model: nn.Module, tower: nn.Module) -> nn.Module | None:
     classifier = getattr(hf_model, "classifier", None) if hf_model is not tower else None
     if classifier is not None and not isinstance(classifier, (nn.Linear, nn.Identity)):
         warnings.warn(

@@ -5,8 +5,9 @@ dinov3.py) register here; ``raptor_zoo.hf_convert`` imports them all.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from timm.models import register_model
@@ -50,12 +51,12 @@ class HfConverter:
     data_config: Callable[[Any, tuple[int, int]], dict[str, Any]]
     """(vision config, run size) -> timm ``data_config``: the family's image-processor defaults, used when the
     folder or repo has no ``preprocessor_config.json``."""
-    set_run_size: Optional[Callable[[nn.Module, tuple[int, int]], None]] = None
+    set_run_size: Callable[[nn.Module, tuple[int, int]], None] | None = None
     """Make a converted model run at another size as transformers does (position grid resampled once);
     None: the model runs at its config's ``image_size`` only."""
-    default_run_size: Optional[Callable[[tuple[int, int]], tuple[int, int]]] = None
+    default_run_size: Callable[[tuple[int, int]], tuple[int, int]] | None = None
     """The size a teacher runs at when none is asked for, from the config's size (None: that size)."""
-    hidden_states: Optional[Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]]] = None
+    hidden_states: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, ...]] | None = None
     """(model, normalised images [B, C, H, W]) -> transformers' own ``hidden_states`` for them, where the model
     takes other inputs than ``pixel_values`` (e.g. patchified NaFlex input) or must be told not to mask;
     None: the vision encoder called with ``pixel_values`` and ``output_hidden_states=True``."""
@@ -128,14 +129,14 @@ def register_hf_converter(converter: HfConverter) -> HfConverter:
     return converter
 
 
-def hf_model_type(module: Any) -> Optional[str]:
+def hf_model_type(module: Any) -> str | None:
     """``config.model_type`` of a transformers module or config (None for anything else)."""
     config = getattr(module, "config", module)
     model_type = getattr(config, "model_type", None)
     return model_type if isinstance(model_type, str) else None
 
 
-def hf_converter(model_type: Optional[str]) -> HfConverter:
+def hf_converter(model_type: str | None) -> HfConverter:
     """The converter of ``model_type``; ValueError naming the supported types otherwise."""
     if model_type not in HF_CONVERTERS:
         raise ValueError(
@@ -235,8 +236,8 @@ def transformers_vision_encoder(
         *,
         hf_config: dict[str, Any],
         img_size: Any = None,
-        num_classes: Optional[int] = None,
-        global_pool: Optional[str] = None,
+        num_classes: int | None = None,
+        global_pool: str | None = None,
         **kwargs: Any,
 ) -> nn.Module:
     """The timm model a transformers config converts into, random init: the teacher architecture of Raptors of

@@ -36,8 +36,8 @@ from timm.layers import LayerNorm
 from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
 from torch import nn
 
-from .registry import HfConverter, hf_activation, processor_data_config, register_hf_converter, timm_mlp_ratio
 from .clip import SIGLIP_POOL_RENAMES
+from .registry import HfConverter, hf_activation, processor_data_config, register_hf_converter, timm_mlp_ratio
 
 __all__ = [
     "HF_SIGLIP2_MODEL_TYPES",

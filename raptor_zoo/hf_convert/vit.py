@@ -29,8 +29,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..models.archs import DINOV2_RUN_SIZE
-from ..models.raptor_vit import cls_avg_pool
 from ..models.families import pair
+from ..models.raptor_vit import cls_avg_pool
 from .registry import (
     HfConverter,
     attention_sizes,

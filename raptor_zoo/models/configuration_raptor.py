@@ -220,7 +220,7 @@ class RaptorConfig(BackboneConfigMixin, PreTrainedConfig):
         return cfg
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "RaptorConfig":
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> RaptorConfig:
         """Read a config.json written by raptor_zoo or transformers; timm's ``num_classes`` / ``label_names``
         give ``num_labels`` / ``id2label`` unless those are passed or stored (a headless save of a labelled
         config stores them)."""

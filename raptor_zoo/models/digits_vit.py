@@ -18,16 +18,16 @@ and `Vision Transformers Need Registers` - https://arxiv.org/abs/2309.16588
 """
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from timm.layers import LayerNorm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-__all__ = ['DIGITS_VIT_WEIGHTS', 'DIGITS_MEAN', 'DIGITS_STD']
+__all__ = ["DIGITS_VIT_WEIGHTS", "DIGITS_MEAN", "DIGITS_STD"]
 
-DIGITS_VIT_WEIGHTS = Path(__file__).resolve().parent.parent / 'assets' / 'digits-vit' / 'model.safetensors'
+DIGITS_VIT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "digits-vit" / "model.safetensors"
 
 # pixel mean / std of the digits training split in 0..1 (raptor_zoo.data.digits_mean_std()); the 3 channels are equal
 DIGITS_MEAN = (0.3054,) * 3
@@ -35,41 +35,41 @@ DIGITS_STD = (0.3237,) * 3
 
 
 def _create_digits_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
-    out_indices = kwargs.pop('out_indices', 3)
+    out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         VisionTransformer,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
 
 
-def _cfg(file: str = '', **kwargs) -> Dict[str, Any]:
+def _cfg(file: str = "", **kwargs) -> dict[str, Any]:
     return {
-        'file': file,
-        'num_classes': 10,
-        'input_size': (3, 32, 32),
-        'pool_size': None,
-        'crop_pct': 1.0,
-        'interpolation': 'bilinear',
-        'fixed_input_size': True,
-        'mean': DIGITS_MEAN,
-        'std': DIGITS_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'license': 'apache-2.0',
+        "file": file,
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "fixed_input_size": True,
+        "mean": DIGITS_MEAN,
+        "std": DIGITS_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
         **kwargs,
     }
 
 
 default_cfgs = generate_default_cfgs({
-    'vit_digits_patch8_reg4_dinov3': _cfg(),
-    'vit_digits_patch8_reg4.digits': _cfg(
+    "vit_digits_patch8_reg4_dinov3": _cfg(),
+    "vit_digits_patch8_reg4.digits": _cfg(
         file=str(DIGITS_VIT_WEIGHTS),
         label_names=tuple(str(digit) for digit in range(10)),
-        notes=('trained from scratch on the scikit-learn digits training split by recipes/train_teacher.py',),
+        notes=("trained from scratch on the scikit-learn digits training split by recipes/train_teacher.py",),
     ),
 })
 
@@ -82,7 +82,7 @@ def vit_digits_patch8_reg4(pretrained: bool = False, **kwargs) -> VisionTransfor
         img_size=32, patch_size=8, embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, init_values=1e-5,
         reg_tokens=4, class_token=True, no_embed_class=True, num_classes=10,
     )
-    return _create_digits_vit('vit_digits_patch8_reg4', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_digits_vit("vit_digits_patch8_reg4", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -91,14 +91,14 @@ def vit_digits_patch8_reg4_dinov3(pretrained: bool = False, **kwargs) -> Eva:
     """
     model_args = dict(
         img_size=32, patch_size=8, embed_dim=128, depth=12, num_heads=4, mlp_ratio=4.0, qkv_bias=False,
-        init_values=1e-5, rope_type='dinov3', rope_temperature=100, rope_rotate_half=True, use_rot_pos_emb=True,
-        use_abs_pos_emb=False, num_reg_tokens=4, use_fc_norm=False, global_pool='token', num_classes=10,
+        init_values=1e-5, rope_type="dinov3", rope_temperature=100, rope_rotate_half=True, use_rot_pos_emb=True,
+        use_abs_pos_emb=False, num_reg_tokens=4, use_fc_norm=False, global_pool="token", num_classes=10,
         norm_layer=partial(LayerNorm, eps=1e-5),
     )
     return build_model_with_cfg(
         Eva,
-        'vit_digits_patch8_reg4_dinov3',
+        "vit_digits_patch8_reg4_dinov3",
         pretrained,
-        feature_cfg=dict(out_indices=3, feature_cls='getter'),
+        feature_cfg=dict(out_indices=3, feature_cls="getter"),
         **dict(model_args, **kwargs),
     )

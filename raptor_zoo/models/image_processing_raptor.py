@@ -82,14 +82,14 @@ class RaptorImageProcessor(BaseImageProcessor):
         self.crop_mode = crop_mode
 
     @classmethod
-    def from_pretrained_cfg(cls, pretrained_cfg: Mapping[str, Any]) -> "RaptorImageProcessor":
+    def from_pretrained_cfg(cls, pretrained_cfg: Mapping[str, Any]) -> RaptorImageProcessor:
         """The processor of a timm ``pretrained_cfg`` (as config.json stores it), resolved as timm resolves it."""
         data_config = resolve_data_config(pretrained_cfg=dict(pretrained_cfg))
         return cls(**{key: data_config[key] for key in
                       ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")})
 
     @classmethod
-    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "RaptorImageProcessor":
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> RaptorImageProcessor:
         """The processor of a preprocessor_config.json dict, or of a folder's config.json dict (its
         ``pretrained_cfg`` and ``teacher_image_processor``: what ``AutoImageProcessor`` reads from a local Raptor
         folder, see the module docstring)."""

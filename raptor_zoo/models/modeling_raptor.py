@@ -38,6 +38,8 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     PreTrainedModel,
+)
+from transformers import (
     initialization as init,
 )
 from transformers.backbone_utils import BackboneMixin

@@ -18,7 +18,8 @@ Which modules are the residual branches and which linear layers relaxation adapt
 `families.py`.
 """
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
 
 import torch
 import torch.nn as nn
@@ -26,12 +27,12 @@ import torch.nn.functional as F
 from timm.layers import drop_path
 
 __all__ = [
-    'RecurrentBlocks', 'StepView', 'StepDropPath', 'StepLinear', 'StepAdapters', 'DepthScale', 'RELAX_TARGETS',
-    'CapturedBlockInputs',
+    "RecurrentBlocks", "StepView", "StepDropPath", "StepLinear", "StepAdapters", "DepthScale", "RELAX_TARGETS",
+    "CapturedBlockInputs",
 ]
 
 # linear layers of a block that relaxation (`relax_rank` > 0) can adapt per unrolled step
-RELAX_TARGETS: Tuple[str, ...] = ('qkv', 'proj', 'fc1', 'fc2')
+RELAX_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
 
 
 class DepthScale(nn.Module):
@@ -44,7 +45,7 @@ class DepthScale(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int = 16, num_gains: int = 3, device=None, dtype=None) -> None:
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
+        dd = {"device": device, "dtype": dtype}
         self.num_gains = num_gains
         self.fc1 = nn.Linear(1, hidden_dim, **dd)
         self.act = nn.SiLU()
@@ -55,7 +56,7 @@ class DepthScale(nn.Module):
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
-    def forward(self, t: int) -> Tuple[torch.Tensor, ...]:
+    def forward(self, t: int) -> tuple[torch.Tensor, ...]:
         t_in = torch.full((1,), float(t), device=self.fc1.weight.device, dtype=self.fc1.weight.dtype)
         gains = self.fc2(self.act(self.fc1(t_in))) + 1.
         return gains.chunk(self.num_gains, dim=-1)
@@ -63,13 +64,13 @@ class DepthScale(nn.Module):
 
 class StepState:
     """What step l hands its shared block: branch gains, drop rate and adapter tensors (None = teacher call)."""
-    __slots__ = ('gains', 'drop_prob', 'adapters')
+    __slots__ = ("gains", "drop_prob", "adapters")
 
     def __init__(
             self,
-            gains: Optional[Sequence[torch.Tensor]],
+            gains: Sequence[torch.Tensor] | None,
             drop_prob: float,
-            adapters: Optional[Dict[str, torch.Tensor]],
+            adapters: dict[str, torch.Tensor] | None,
     ) -> None:
         self.gains = gains
         self.drop_prob = drop_prob
@@ -80,8 +81,8 @@ class StepContext:
     """The state of the step a shared block is running, read by its StepDropPath and StepLinear modules."""
 
     def __init__(self) -> None:
-        self.state: Optional[StepState] = None
-        self.branch_calls: Dict[int, int] = {}
+        self.state: StepState | None = None
+        self.branch_calls: dict[int, int] = {}
 
     def enter(self, state: StepState) -> None:
         self.state = state
@@ -90,7 +91,7 @@ class StepContext:
     def exit(self) -> None:
         self.state = None
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> 'StepContext':
+    def __deepcopy__(self, memo: dict[int, Any]) -> "StepContext":
         return StepContext()
 
 
@@ -115,7 +116,7 @@ class StepDropPath(nn.Module):
         return drop_path(x, state.drop_prob, self.training)
 
     def extra_repr(self) -> str:
-        return f'branches={self.branches}'
+        return f"branches={self.branches}"
 
 
 class StepLinear(nn.Linear):
@@ -129,29 +130,29 @@ class StepLinear(nn.Linear):
     context: StepContext
 
     @classmethod
-    def convert(cls, linear: nn.Linear, context: StepContext, adapter_key: str) -> 'StepLinear':
+    def convert(cls, linear: nn.Linear, context: StepContext, adapter_key: str) -> "StepLinear":
         """Turn an nn.Linear into a StepLinear in place (its parameters are kept)."""
         if type(linear) is not nn.Linear and not isinstance(linear, StepLinear):
-            raise TypeError(f'relaxation adapts nn.Linear layers, not {type(linear).__name__}.')
+            raise TypeError(f"relaxation adapts nn.Linear layers, not {type(linear).__name__}.")
         linear.__class__ = cls
         linear.context = context
         linear.adapter_key = adapter_key
         return linear
 
-    def _adapter(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    def _adapter(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         state = self.context.state
-        if state is None or state.adapters is None or self.adapter_key + '_a' not in state.adapters:
+        if state is None or state.adapters is None or self.adapter_key + "_a" not in state.adapters:
             return None
-        return state.adapters[self.adapter_key + '_a'], state.adapters[self.adapter_key + '_b']
+        return state.adapters[self.adapter_key + "_a"], state.adapters[self.adapter_key + "_b"]
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        weight = self._parameters['weight']
+        weight = self._parameters["weight"]
         adapter = self._adapter()
         return weight if adapter is None else weight + adapter[1] @ adapter[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self._parameters['weight'], self.bias)
+        out = F.linear(x, self._parameters["weight"], self.bias)
         adapter = self._adapter()
         if adapter is not None:
             out = out + F.linear(F.linear(x, adapter[0]), adapter[1])
@@ -167,28 +168,28 @@ class StepAdapters(nn.Module):
     block and A, B still get gradients.
     """
 
-    def __init__(self, layers: Dict[str, nn.Linear], rank: int, device=None, dtype=None) -> None:
+    def __init__(self, layers: dict[str, nn.Linear], rank: int, device=None, dtype=None) -> None:
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
+        dd = {"device": device, "dtype": dtype}
         self.rank = rank
         self.keys = tuple(layers)
         for key, layer in layers.items():
-            self.register_parameter(f'{key}_a', nn.Parameter(torch.empty(rank, layer.in_features, **dd)))
-            self.register_parameter(f'{key}_b', nn.Parameter(torch.empty(layer.out_features, rank, **dd)))
+            self.register_parameter(f"{key}_a", nn.Parameter(torch.empty(rank, layer.in_features, **dd)))
+            self.register_parameter(f"{key}_b", nn.Parameter(torch.empty(layer.out_features, rank, **dd)))
         for target in RELAX_TARGETS:  # targets left out read as None
-            if not any(key == target or key.startswith(target + '_') for key in layers):
-                self.register_parameter(f'{target}_a', None)
-                self.register_parameter(f'{target}_b', None)
+            if not any(key == target or key.startswith(target + "_") for key in layers):
+                self.register_parameter(f"{target}_a", None)
+                self.register_parameter(f"{target}_b", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for key in self.keys:
-            a, b = getattr(self, f'{key}_a'), getattr(self, f'{key}_b')
-            if a.device.type != 'meta':
+            a, b = getattr(self, f"{key}_a"), getattr(self, f"{key}_b")
+            if a.device.type != "meta":
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
                 nn.init.zeros_(b)
 
-    def forward(self) -> Dict[str, torch.Tensor]:
+    def forward(self) -> dict[str, torch.Tensor]:
         """The adapter tensors by name ('qkv_a', 'qkv_b', ...)."""
         return {name: param for name, param in self.named_parameters(recurse=False) if param is not None}
 
@@ -196,17 +197,17 @@ class StepAdapters(nn.Module):
 class CapturedBlockInputs(Exception):
     """Raised by a capturing RecurrentBlocks: the input state and the call arguments of every step."""
 
-    def __init__(self, state: torch.Tensor, calls: List[Tuple[Tuple[Any, ...], Dict[str, Any]]]) -> None:
-        super().__init__('block inputs captured')
+    def __init__(self, state: torch.Tensor, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        super().__init__("block inputs captured")
         self.state = state
         self.calls = calls
 
 
 class StepView:
     """Step l of a RecurrentBlocks: calling it applies the shared block of step l with step l's state."""
-    __slots__ = ('container', 'step')
+    __slots__ = ("container", "step")
 
-    def __init__(self, container: 'RecurrentBlocks', step: int) -> None:
+    def __init__(self, container: "RecurrentBlocks", step: int) -> None:
         self.container = container
         self.step = step
 
@@ -223,7 +224,7 @@ class StepView:
         return getattr(self.container.block_of_step(self.step), name)
 
     def __repr__(self) -> str:
-        return f'StepView(step={self.step}, block={self.container.step_block_indices[self.step]})'
+        return f"StepView(step={self.step}, block={self.container.step_block_indices[self.step]})"
 
 
 class RecurrentBlocks(nn.Module):
@@ -238,28 +239,28 @@ class RecurrentBlocks(nn.Module):
             self,
             blocks: Sequence[nn.Module],
             block_schedule: Sequence[int],
-            step_drop_path: Optional[Sequence[float]] = None,
-            relax: Optional[nn.ModuleList] = None,
+            step_drop_path: Sequence[float] | None = None,
+            relax: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         if len(blocks) != len(block_schedule):
-            raise ValueError(f'{len(blocks)} shared blocks for a schedule of length {len(block_schedule)}.')
+            raise ValueError(f"{len(blocks)} shared blocks for a schedule of length {len(block_schedule)}.")
         for j, block in enumerate(blocks):
             self.add_module(str(j), block)
-        self.block_schedule: Tuple[int, ...] = tuple(int(n) for n in block_schedule)
-        self.step_block_indices: List[int] = [j for j, n in enumerate(self.block_schedule) for _ in range(n)]
+        self.block_schedule: tuple[int, ...] = tuple(int(n) for n in block_schedule)
+        self.step_block_indices: list[int] = [j for j, n in enumerate(self.block_schedule) for _ in range(n)]
         depth = len(self.step_block_indices)
-        self.step_drop_path: List[float] = list(step_drop_path) if step_drop_path is not None else [0.] * depth
+        self.step_drop_path: list[float] = list(step_drop_path) if step_drop_path is not None else [0.] * depth
         if len(self.step_drop_path) < depth:
-            raise ValueError(f'step_drop_path has {len(self.step_drop_path)} rates for {depth} steps.')
+            raise ValueError(f"step_drop_path has {len(self.step_drop_path)} rates for {depth} steps.")
         self.step_drop_path = self.step_drop_path[:depth]
         # per-step adapters live in the model (`relax.{l}`); the container only reads them
-        self.__dict__['relax'] = relax
-        self.num_steps_limit: Optional[int] = None
+        self.__dict__["relax"] = relax
+        self.num_steps_limit: int | None = None
         self.capturing = False
 
     @property
-    def unique_blocks(self) -> List[nn.Module]:
+    def unique_blocks(self) -> list[nn.Module]:
         """The k shared blocks, in schedule order."""
         return list(self._modules.values())
 
@@ -277,19 +278,19 @@ class RecurrentBlocks(nn.Module):
     def __iter__(self) -> Iterator[StepView]:
         return iter([StepView(self, step) for step in range(len(self))])
 
-    def __getitem__(self, index: Union[int, slice]) -> Union[StepView, 'RecurrentBlocks']:
+    def __getitem__(self, index: int | slice) -> Union[StepView, "RecurrentBlocks"]:
         if isinstance(index, slice):
             start, stop, stride = index.indices(len(self))
             if start != 0 or stride != 1:
                 raise IndexError(
-                    f'a recurrent block stack can only be cut to its first n steps (blocks[:n]), not {index}.')
+                    f"a recurrent block stack can only be cut to its first n steps (blocks[:n]), not {index}.")
             return self.truncated(stop)
         num_steps = len(self)
         if not -num_steps <= index < num_steps:
-            raise IndexError(f'step {index} is out of range for {num_steps} steps.')
+            raise IndexError(f"step {index} is out of range for {num_steps} steps.")
         return StepView(self, index % num_steps)
 
-    def truncated(self, num_steps: int) -> 'RecurrentBlocks':
+    def truncated(self, num_steps: int) -> "RecurrentBlocks":
         """A container of the first `num_steps` steps over the same shared blocks (all k are kept)."""
         schedule, remaining = [], num_steps
         for repeats in self.block_schedule:
@@ -307,7 +308,7 @@ class RecurrentBlocks(nn.Module):
                 raise CapturedBlockInputs(self._captured_state, self._calls)
             return x
         block = self.block_of_step(step)
-        gains = block.depth_scale(step + 1) if getattr(block, 'depth_scale', None) is not None else None
+        gains = block.depth_scale(step + 1) if getattr(block, "depth_scale", None) is not None else None
         adapters = self.relax[step]() if self.relax is not None else None
         context: StepContext = block.step_context
         context.enter(StepState(gains, self.step_drop_path[step], adapters))
@@ -326,7 +327,7 @@ class RecurrentBlocks(nn.Module):
 
     def start_capture(self) -> None:
         self.capturing = True
-        self._calls: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        self._calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._captured_state = None
 
     def stop_capture(self) -> None:
@@ -335,4 +336,4 @@ class RecurrentBlocks(nn.Module):
         self._captured_state = None
 
     def extra_repr(self) -> str:
-        return f'block_schedule={self.block_schedule}, steps={len(self)}'
+        return f"block_schedule={self.block_schedule}, steps={len(self)}"

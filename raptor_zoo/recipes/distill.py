@@ -19,9 +19,9 @@ Outputs in --output-dir: args.yaml, phases.json + phase_heatmap.png (when discov
 """
 import json
 import time
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -31,6 +31,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from raptor_zoo.build import from_teacher
 from raptor_zoo.data import TransformedDataset, build_transform, create_loader, random_subset
 from raptor_zoo.distill import (
     TrajectoryDistillationTask,
@@ -42,7 +43,6 @@ from raptor_zoo.distill import (
 )
 from raptor_zoo.distill.trajectory_cache import CachedTrajectories, TrajectoryCache
 from raptor_zoo.hub import HEATMAP_NAME, PHASES_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
-from raptor_zoo.build import from_teacher
 from raptor_zoo.models.raptor_base import RaptorMixin
 from raptor_zoo.models.schedule import check_k, even_block_schedule, scaled_paper_schedule, validate_block_schedule
 from raptor_zoo.phases import PhaseResult, discover
@@ -163,7 +163,7 @@ def phase_discovery_images(train_set, transform: Callable, num_images: int, seed
 
 
 def resolve_block_schedule(config: DistillConfig, teacher, train_set, train_loader: DataLoader,
-                           accelerator: Accelerator, resumed_state: Optional[dict]):
+                           accelerator: Accelerator, resumed_state: dict | None):
     """(block_schedule, PhaseResult or None): explicit > the resumed checkpoint's > discovered / even / paper."""
     depth = teacher.depth
     if config.block_schedule is not None and not schedule_applies(config):

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import timm
 import torch
@@ -60,7 +60,7 @@ class FinetuneConfig(DataArgs):
         "group": "Model", "help": "auto: zoo names and Raptor folders are Raptors, the rest timm names"})
     pretrained: bool = field(default=True, metadata={
         "group": "Model", "help": "timm models: load pretrained weights (Raptors always load theirs)"})
-    num_classes: Optional[int] = field(default=None, metadata={
+    num_classes: int | None = field(default=None, metadata={
         "group": "Model", "help": "classes; none = from the data (a new head when it differs from the model's)"})
     drop_path_rate: float = field(default=0.0, metadata={"group": "Model", "help": "stochastic depth"})
     freeze_blocks: int = field(default=0, metadata={
@@ -79,11 +79,11 @@ class FinetuneConfig(DataArgs):
     lr: float = field(default=1e-4, metadata={"group": "Optimisation", "help": "peak learning rate"})
     min_lr: float = field(default=1e-6, metadata={"group": "Optimisation", "help": "cosine floor"})
     weight_decay: float = field(default=0.05, metadata={"group": "Optimisation", "help": "weight decay"})
-    layer_decay: Optional[float] = field(default=0.75, metadata={
+    layer_decay: float | None = field(default=0.75, metadata={
         "group": "Optimisation", "help": "layer-wise LR decay in (0, 1] (BEiT/MAE fine-tuning: 0.65-0.75); none = off"})
     warmup_epochs: float = field(default=0.0, metadata={"group": "Optimisation", "help": "linear warmup epochs"})
     label_smoothing: float = field(default=0.0, metadata={"group": "Optimisation", "help": "label smoothing"})
-    grad_clip: Optional[float] = field(default=1.0, metadata={
+    grad_clip: float | None = field(default=1.0, metadata={
         "group": "Optimisation", "help": "max gradient norm, none to disable"})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "group": "Optimisation", "help": "micro-batches per optimiser step"})
@@ -94,9 +94,9 @@ class FinetuneConfig(DataArgs):
     checkpoint_every: int = field(default=0, metadata={
         "group": "Run", "help": "checkpoint interval in optimiser steps; 0 = at the end of every epoch only"})
     keep_checkpoints: int = field(default=2, metadata={"group": "Run", "help": "checkpoints kept"})
-    resume: Optional[str] = field(default=None, metadata={
+    resume: str | None = field(default=None, metadata={
         "group": "Run", "help": "'latest' (starts fresh if there is none) or a checkpoints/step_N folder"})
-    max_steps_this_run: Optional[int] = field(default=None, metadata={
+    max_steps_this_run: int | None = field(default=None, metadata={
         "group": "Run", "help": "stop after this many optimiser steps in this process (checkpointed), then resume"})
     eval_initial: bool = field(default=True, metadata={
         "group": "Run", "help": "evaluate the model before training (its accuracy before fine-tuning)"})

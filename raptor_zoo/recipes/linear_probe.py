@@ -13,7 +13,7 @@ Output: --output-dir/linear_probe.json (and args.yaml).
 """
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -41,18 +41,18 @@ class ProbeConfig(DataArgs):
         "group": "Backbone", "help": "auto: zoo names and Raptor folders are Raptors, the rest teachers"})
     compare: bool = field(default=False, metadata={
         "group": "Backbone", "help": "also probe the Raptor's teacher and report the recovery ratio"})
-    teacher: Optional[str] = field(default=None, metadata={
+    teacher: str | None = field(default=None, metadata={
         "group": "Backbone", "help": "teacher for --compare; none = the Raptor's config.json 'teacher'"})
     teacher_pretrained: bool = field(default=True, metadata={
         "group": "Backbone", "help": "load teacher weights (--no-teacher-pretrained: random init, for tests)"})
-    img_size: Optional[int] = field(default=None, metadata={
+    img_size: int | None = field(default=None, metadata={
         "group": "Backbone", "help": "image size every probed backbone runs at; none = the Raptor's own (its "
         "teacher's run size) for a Raptor and --compare, the teacher's default for a teacher"})
     teacher_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "group": "Backbone", "help": "extra timm.create_model arguments for a teacher, as a JSON object"})
     # data (beyond DataArgs': labels required)
     batch_size: int = field(default=64, metadata={"group": "Data", "help": "feature-extraction batch per process"})
-    cache_dir: Optional[str] = field(default=None, metadata={
+    cache_dir: str | None = field(default=None, metadata={
         "group": "Data", "help": "cache features here as safetensors (backbone+split+size); none = no cache"})
     epochs: int = field(default=20, metadata={"group": "Probe", "help": "epochs of the linear head"})
     lr: float = field(default=1e-2, metadata={"group": "Probe", "help": "peak AdamW learning rate (cosine to 0)"})

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Optional
+from typing import Literal
 
 import timm
 import torch
@@ -62,26 +62,26 @@ class TrainTeacherConfig(DataArgs):
     warmup_epochs: int = field(default=2, metadata={"group": "Optimisation", "help": "linear warmup epochs"})
     weight_decay: float = field(default=0.05, metadata={"group": "Optimisation", "help": "AdamW weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"group": "Optimisation", "help": "cross-entropy smoothing"})
-    grad_clip: Optional[float] = field(default=None, metadata={
+    grad_clip: float | None = field(default=None, metadata={
         "group": "Optimisation", "help": "max gradient norm, none to disable"})
     gradient_accumulation_steps: int = field(default=1, metadata={
         "group": "Optimisation", "help": "micro-batches per optimiser step"})
-    max_steps: Optional[int] = field(default=None, metadata={
+    max_steps: int | None = field(default=None, metadata={
         "group": "Optimisation", "help": "stop after this many optimiser steps (smoke tests); none = all epochs"})
     seed: int = field(default=0, metadata={"group": "Optimisation", "help": "seed of init, shuffling and augmentation"})
     # run
     output_dir: str = field(default="outputs/digits_teacher", metadata={"group": "Run", "help": "where results go"})
-    export_dir: Optional[str] = field(default=None, metadata={
+    export_dir: str | None = field(default=None, metadata={
         "group": "Run", "help": "also write fp16 weights + config.json here (e.g. raptor_zoo/assets/digits-vit)"})
     eval_every_epochs: int = field(default=5, metadata={"group": "Run", "help": "held-out evaluation interval"})
     checkpoint_every: int = field(default=200, metadata={
         "group": "Run", "help": "checkpoint interval in optimiser steps, 0 = never"})
     keep_checkpoints: int = field(default=3, metadata={"group": "Run", "help": "checkpoints kept"})
-    resume: Optional[str] = field(default=None, metadata={
+    resume: str | None = field(default=None, metadata={
         "group": "Run", "help": "'latest' (starts fresh if there is none) or a checkpoints/step_N folder"})
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"group": "Run", "help": "autocast"})
     cpu: bool = field(default=False, metadata={"group": "Run", "help": "train on CPU even if a GPU is present"})
-    log_with: Optional[str] = field(default=None, metadata={
+    log_with: str | None = field(default=None, metadata={
         "group": "Run", "help": "accelerate tracker (tensorboard, wandb, ...), none = no tracker"})
 
     def __post_init__(self):
