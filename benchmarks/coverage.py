@@ -437,6 +437,25 @@ def write_doc_table(doc: Path, table: str, summary: str) -> None:
     doc.write_text(text)
 
 
+def report_finished_run(results: Path, selected: set[str], args: argparse.Namespace) -> int:
+    """``--report-only`` after a run that finished (its journal is gone): the table of the selected rows of its
+    coverage.json, with the run's own metadata; the JSON is left as the run wrote it."""
+    stored = json.loads(results.read_text())
+    rows = [row for row in stored["results"] if row["arch"] in selected]
+    meta = stored["meta"]
+    passed = sum(row["passed"] for row in rows)
+    summary = (f"{passed} of {len(rows)} architectures ({100 * passed / max(len(rows), 1):.1f}%) pass every check "
+               f"(timm {meta['timm']}, torch {meta['torch']}, {meta['date']}, {meta['cpu_count']} CPU cores, "
+               f"{meta['check_seconds_total'] / 60:.0f} min of checks; `{meta['command'].strip()}`).")
+    table = coverage_table(rows)
+    print(summary)
+    print(table)
+    if not args.no_doc:
+        write_doc_table(Path(args.doc), table, summary)
+    print(f"read {results}" + ("" if args.no_doc else f"; wrote the table in {args.doc}"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=None, choices=sorted(set(TIMM_MODULES.values())),
@@ -481,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     revision = _git_revision()  # of the code this invocation runs (each row records its own)
     num_selected = len(archs)
+    if args.report_only and not journal.exists() and (out / "coverage.json").is_file():
+        return report_finished_run(out / "coverage.json", {arch for _, arch in archs}, args)
     if args.report_only:
         checked = {json.loads(line)["arch"] for line in journal.read_text().splitlines()} if journal.exists() else set()
         archs = [(m, a) for m, a in archs if a in checked]

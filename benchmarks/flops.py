@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import raptor_zoo
 from raptor_zoo.bench import FLOPS_CONVENTION, flops_row, write_json
-from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+from raptor_zoo.models.archs import REGISTERED_RAPTOR_ARCHS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

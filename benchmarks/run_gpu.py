@@ -46,7 +46,7 @@ from distill_throughput import config_stages, load_distill_config, measure_point
 
 from raptor_zoo.bench import device_slug, resolve_device
 from raptor_zoo.flops import count_flops
-from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+from raptor_zoo.models.archs import REGISTERED_RAPTOR_ARCHS
 from raptor_zoo.teachers import load_teacher
 
 BENCHMARKS = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ import pytest
 import timm
 
 import raptor_zoo  # noqa: F401  (registers the raptor_* archs with timm)
-from raptor_zoo.models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+from raptor_zoo.models.archs import REGISTERED_RAPTOR_ARCHS
 
 RAPTOR_ARCHS_UNDER_TEST = (
     "raptor_vit_small_patch14_reg4_dinov2_k2",

@@ -116,7 +116,7 @@ def _anytime_depth(args: argparse.Namespace) -> int:
     """Depth L of the teacher named by the flags (built on the meta device)."""
     import timm
 
-    from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+    from ..models.archs import REGISTERED_RAPTOR_ARCHS
     teacher = args.teacher or REGISTERED_RAPTOR_ARCHS[args.arch[0]]["teacher"]
     with torch.device("meta"):
         return len(timm.create_model(teacher, pretrained=False, img_size=args.img_size).blocks)
@@ -125,12 +125,12 @@ def _anytime_depth(args: argparse.Namespace) -> int:
 def _run_stem(settings: BenchSettings) -> str:
     """File stem of a run: throughput_<teacher>_k<k values>_<modes>_<dtypes>_b<batch sizes>, so runs split by model,
     mode, dtype or batch size (benchmarks/run_gpu.py's parts) do not overwrite each other."""
-    from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS
+    from ..models.archs import REGISTERED_RAPTOR_ARCHS
     teacher = settings.teacher or REGISTERED_RAPTOR_ARCHS[settings.arch[0]]["teacher"]
 
     def label(arch: str) -> str:
         spec = REGISTERED_RAPTOR_ARCHS[arch]
-        rank = spec["model_args"].get("relax_rank", 0)
+        rank = spec.get("relax_rank", 0)
         return f"{spec['k']}" + (f"r{rank}" if rank else "")
 
     ks = list(dict.fromkeys([*map(str, settings.k), *map(label, settings.arch)]))

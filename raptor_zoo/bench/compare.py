@@ -75,7 +75,7 @@ def _resolve_pairs(
         arch: str | Sequence[str] | None,
 ) -> tuple[str | nn.Module, list[dict[str, Any]]]:
     """(teacher, [{'arch' | 'k'}]) from a teacher + k list, or registered arch names sharing one teacher."""
-    from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
+    from ..models.archs import REGISTERED_RAPTOR_ARCHS as known
     archs = [arch] if isinstance(arch, str) else list(arch or ())
     ks = [k] if isinstance(k, int) else list(k or ())
     if archs:
@@ -323,9 +323,9 @@ def flops_row(
     """
     import timm
 
+    from ..models.archs import REGISTERED_RAPTOR_ARCHS as known
     from ..models.raptor_base import RaptorMixin
     from ..models.raptor_timm import raptor_from_model_args
-    from ..models.raptor_vit import REGISTERED_RAPTOR_ARCHS as known
     if isinstance(arch_or_model, str):
         if arch_or_model not in known:
             raise ValueError(f'Unknown Raptor arch {arch_or_model!r}; registered: timm.list_models("raptor_*").')
