@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from recorders import adapter_flops, assert_drop_rates, depth_scale_flops, record_block_calls, record_drop_rates
+from recorders import adapter_flops, assert_drop_rates, record_block_calls, record_drop_rates
 from safetensors.torch import load_file, save_file
 from timm.layers import Attention
 from timm.models._features_fx import create_feature_extractor, get_graph_node_names
@@ -315,21 +315,6 @@ def test_head_pooling(pool):
 
 def _tokens_at_224(model) -> int:
     return model.num_prefix_tokens + (224 // model.patch_embed.patch_size[0]) ** 2
-
-
-def test_flops_match_teacher_for_every_registered_pair():
-    """FLOP parity with the teacher block type (math SDPA on the meta device, DESIGN §4): the only excess is the
-    depth-scale MLPs' (Linear(1 -> 16), SiLU, Linear(16 -> 3D) per step), counted exactly."""
-    teacher_flops = {}
-    for arch, spec in RAPTOR_ARCHS.items():
-        with torch.device("meta"):
-            raptor = timm.create_model(arch)
-            teacher = timm.create_model(spec["teacher"], img_size=224)
-        if spec["teacher"] not in teacher_flops:
-            teacher_flops[spec["teacher"]] = count_flops(teacher, (3, 224, 224))
-        excess = count_flops(raptor, (3, 224, 224)) - teacher_flops[spec["teacher"]]
-        assert excess == depth_scale_flops(teacher.embed_dim, len(teacher.blocks)), arch
-        assert 0 < excess / teacher_flops[spec["teacher"]] < 5e-5, arch  # README: 1.00001-1.00004x
 
 
 def test_swiglu_block_costs_about_1_3x():
