@@ -42,7 +42,7 @@ def test_the_grid_runs_its_parts_in_order_and_refuses_unknown_levers():
 
 
 def test_two_stage_runs_scale_the_shipped_recipe():
-    """A two-stage run of n steps is real_teacher_cpu_k2.yaml with its 150 steps scaled: n/4 per phase, n/2 joint,
+    """A two-stage run of n steps is real_teacher_cpu_k2.yaml with its 600 steps scaled: n/4 per phase, n/2 joint,
     warmup n/10; the pool is a random subset of the MNIST train split, stratified by digit."""
     from raptor_zoo.recipes.distill import DistillConfig
     from raptor_zoo.training import parse_config
@@ -55,23 +55,39 @@ def test_two_stage_runs_scale_the_shipped_recipe():
     assert (run.max_train_images, run.ema_decay) == (10_000, 0.99)
 
 
-def test_the_real_teacher_cpu_config_is_the_lever_the_study_measured():
-    """recipes/configs/real_teacher_cpu_k2.yaml is the study's two-stage run: same teacher, data, stages and
-    optimisation (docs/study_real.md quotes its numbers)."""
+@pytest.mark.parametrize("k, steps", [(2, 600), (3, 300)])
+def test_the_real_teacher_cpu_configs_are_the_runs_the_study_measured(k, steps):
+    """recipes/configs/real_teacher_cpu_k{2,3}.yaml are the study's two-stage runs (k = 2 at 600 steps, k = 3 at 300):
+    same teacher, data, stages and optimisation (docs/study_real.md and their headers quote the numbers)."""
     from raptor_zoo.recipes.distill import DistillConfig
     from raptor_zoo.training import parse_config
 
-    study = load_study("study_real_config")
+    study = load_study(f"study_real_config_k{k}")
     config = study.StudyRealConfig(out_dir="/nonexistent")
-    measured = parse_config(DistillConfig, study.distill_argv(config, study.Run(2, 0, 150), 12))
-    shipped = parse_config(DistillConfig, ["--config", str(REPO / "recipes" / "configs" / "real_teacher_cpu_k2.yaml")])
+    measured = parse_config(DistillConfig, study.distill_argv(config, study.Run(k, 0, steps), 12))
+    shipped = parse_config(DistillConfig, ["--config", str(REPO / "recipes" / "configs" / f"real_teacher_cpu_k{k}.yaml")])
     bookkeeping = {"output_dir", "resume", "cpu", "relax_rank", "phase_images", "checkpoint_every", "keep_checkpoints",
                    "trajectory_cache", "trajectory_cache_dtype"}
     differ = {name: (getattr(measured, name), getattr(shipped, name)) for name in vars(measured)
               if name not in bookkeeping and getattr(measured, name) != getattr(shipped, name)}
     assert differ == {}
-    assert (shipped.schedule, shipped.phase_max_steps, shipped.max_steps, shipped.k) == ("two_stage", 37, 75, 2)
+    assert (shipped.schedule, shipped.k, shipped.max_steps) == ("two_stage", k, steps // 2)
 
+
+def test_the_budget_trend_is_a_power_law_of_the_gap_and_says_when_it_reaches_a_target():
+    study = load_study("study_real_trend")
+    hours = [0.1, 0.2, 0.4, 0.8]
+    points = [(h, 1 - 0.04 * (h / 0.1) ** -0.5) for h in hours]  # the gap halves per 4x compute
+    intercept, exponent = study.gap_trend(points)
+    assert exponent == pytest.approx(-0.5) and study.trend_hours((intercept, exponent), 0.98) == pytest.approx(0.4)
+    assert study.gap_trend(points[:2]) is None  # two budgets are a line, not a trend
+    assert study.trend_hours(study.gap_trend([(h, 0.9 - 0.01 * h) for h in hours]), 0.98) is None  # gap grows
+    curve = [{"k": 2, "seed": 0, "cpu_s": 3600 * h, "optimiser_steps": int(1000 * h), "recovery": v,
+              "mean_cosine": {"all": v}} for h, v in points]
+    (recovery, cosine) = study._trend_lines(curve, seed=0)
+    assert "k = 2 probe recovery: 1 - value ∝ CPU-h^-0.50; 98% would be reached at ≈ 0.40 CPU-h (≈ 400 optimiser " \
+           "steps)" in recovery
+    assert "not a measurement" in recovery and "the fit does not close" not in cosine
 
 
 @pytest.mark.slow
