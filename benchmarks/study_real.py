@@ -730,8 +730,10 @@ def _trend_lines(curve: list[dict], seed: int) -> list[str]:
             if trend is None:
                 continue
             per_step = np.median([r["cpu_s"] / r["optimiser_steps"] for r in curve if r["k"] == k and r["seed"] == seed])
-            text = (f"Fitted trend (a power-law fit of the gap to the teacher, seed {seed}, {len(points)} budgets, not "
-                    f"a measurement): k = {k} {label}: 1 - value ∝ CPU-h^{trend[1]:.2f}")
+            above = sum(value >= 1 for _, value in points)
+            text = (f"Fitted trend (a power-law fit of the gap to the teacher, seed {seed}, {len(points) - above} "
+                    "budgets" + (f"; {above} at or above the teacher left out" if above else "") +
+                    f", not a measurement): k = {k} {label}: 1 - value ∝ CPU-h^{trend[1]:.2f}")
             target = TREND_TARGETS[key].get(k)
             hours = trend_hours(trend, target) if target else None
             if target and hours:

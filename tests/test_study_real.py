@@ -87,7 +87,9 @@ def test_the_budget_trend_is_a_power_law_of_the_gap_and_says_when_it_reaches_a_t
     (recovery, cosine) = study._trend_lines(curve, seed=0)
     assert "k = 2 probe recovery: 1 - value ∝ CPU-h^-0.50; 98% would be reached at ≈ 0.40 CPU-h (≈ 400 optimiser " \
            "steps)" in recovery
-    assert "not a measurement" in recovery and "the fit does not close" not in cosine
+    assert "4 budgets, not a measurement" in recovery and "the fit does not close" not in cosine
+    curve.append(dict(curve[-1], cpu_s=3600 * 1.6, recovery=1.01))  # above the teacher: no gap to fit
+    assert "4 budgets; 1 at or above the teacher left out, not a measurement" in study._trend_lines(curve, seed=0)[0]
 
 
 @pytest.mark.slow
