@@ -13,7 +13,8 @@ goes through:
 - `flops`: FLOPs of the k = 2 Raptor / its teacher at the config class's default (full) size, built on the meta
   device (`torch.utils.flop_counter`, math SDPA), 1.000 +- 0.005;
 - `round_trip`: the saved Raptor folder loads with `transformers.AutoModel` (after `import raptor_zoo`) and
-  `raptor_zoo.from_pretrained`, and both give the Raptor's features (<= 1e-5).
+  `raptor_zoo.from_pretrained`, and both give the Raptor's features (<= 1e-5; AutoModel's `last_hidden_state` in
+  the teacher class's convention: before the final norm for CLIP, as `CLIPVisionModel` returns it).
 
     python benchmarks/coverage_transformers.py            # -> results/coverage/transformers.json + docs/teachers.md
     python benchmarks/coverage_transformers.py --types clip_vision_model --no-doc
@@ -37,6 +38,7 @@ import transformers
 from torch import nn
 
 import raptor_zoo
+from raptor_zoo.distill.evaluate import raptor_trajectory
 from raptor_zoo.flops import count_flops
 from raptor_zoo.hf_convert import HF_CONVERTERS, hf_hidden_states
 from raptor_zoo.models.schedule import even_block_schedule
@@ -174,7 +176,10 @@ def check_type(model_type: str, seed: int = 0) -> dict[str, Any]:
             reloaded = raptor_zoo.from_pretrained(folder).eval()
             with torch.no_grad():
                 ref = raptor.forward_features(x)
-                diffs = [_max_rel(auto(pixel_values=x).last_hidden_state, ref),
+                # AutoModel's last_hidden_state follows the teacher class's convention (config.last_hidden_state):
+                # CLIP's vision tower returns the last block's output before the final norm
+                auto_ref = raptor_trajectory(raptor, x)[:, -1] if auto.config.last_hidden_state == "pre_norm" else ref
+                diffs = [_max_rel(auto(pixel_values=x).last_hidden_state, auto_ref),
                          _max_rel(reloaded.forward_features(x), ref)]
         ok = max(diffs) <= 1e-5
         return {"ok": ok, "max_rel_diff": max(diffs),
