@@ -529,7 +529,8 @@ def distill_argv(config: StudyRealConfig, run: Run, depth: int) -> list[str]:
     """recipes/distill.py's options for one run of a teacher of ``depth`` layers (its lever's last, so they win).
 
     'two-stage' runs start from real_teacher_cpu_k2.yaml and scale its 600 steps to ``run.steps``: each phase alone
-    for steps/4, the joint stage steps/2, warmup steps/10 (its k = 3 sibling is the same recipe with ``--k 3``). 'joint' runs are the first grid's one joint TF -> AR stage.
+    for steps/4, the joint stage steps/2, warmup steps/10 (its k = 3 sibling is the same recipe with ``--k 3``).
+    'joint' runs are the first grid's one joint TF -> AR stage.
     """
     data = str(mixed_pool(config)) if run.data == "mnist+photos" else config.mnist
     common = ["--teacher", config.teacher, "--teacher-img-size", str(config.img_size), "--dataset", data,
@@ -716,20 +717,17 @@ def trend_hours(trend: tuple[float, float], target: float) -> float | None:
     return float(np.exp((np.log(1 - target) - intercept) / slope)) if slope < 0 else None
 
 
-def _trend_points(curve: list[dict], k: int, seed: int, key: str) -> list[tuple[float, float]]:
-    return [(r["cpu_s"] / 3600, r["recovery"] if key == "recovery" else r["mean_cosine"]["all"]) for r in curve
-            if r["k"] == k and r["seed"] == seed]
-
-
 def _trend_lines(curve: list[dict], seed: int) -> list[str]:
     lines = []
     for k in sorted({r["k"] for r in curve}):
+        runs = [r for r in curve if r["k"] == k and r["seed"] == seed]
+        per_step = np.median([r["cpu_s"] / r["optimiser_steps"] for r in runs]) if runs else None
         for key, label in (("recovery", "probe recovery"), ("cosine", "mean per-layer cosine")):
-            points = _trend_points(curve, k, seed, key)
+            points = [(r["cpu_s"] / 3600, r["recovery"] if key == "recovery" else r["mean_cosine"]["all"])
+                      for r in runs]
             trend = gap_trend(points)
             if trend is None:
                 continue
-            per_step = np.median([r["cpu_s"] / r["optimiser_steps"] for r in curve if r["k"] == k and r["seed"] == seed])
             above = sum(value >= 1 for _, value in points)
             text = (f"Fitted trend (a power-law fit of the gap to the teacher, seed {seed}, {len(points) - above} "
                     "budgets" + (f"; {above} at or above the teacher left out" if above else "") +
@@ -737,8 +735,9 @@ def _trend_lines(curve: list[dict], seed: int) -> list[str]:
             target = TREND_TARGETS[key].get(k)
             hours = trend_hours(trend, target) if target else None
             if target and hours:
-                text += (f"; {100 * target:.0f}%" if key == "recovery" else f"; {target:.2f}") + \
-                        f" would be reached at ≈ {hours:.2f} CPU-h (≈ {hours * 3600 / per_step:,.0f} optimiser steps)"
+                steps = hours * 3600 / per_step
+                text += ((f"; {100 * target:.0f}%" if key == "recovery" else f"; {target:.2f}")
+                         + f" would be reached at ≈ {hours:.2f} CPU-h (≈ {steps:,.0f} optimiser steps)")
             elif target:
                 text += "; the fit does not close the gap"
             lines.append(text + ".")

@@ -65,7 +65,8 @@ def test_the_real_teacher_cpu_configs_are_the_runs_the_study_measured(k, steps):
     study = load_study(f"study_real_config_k{k}")
     config = study.StudyRealConfig(out_dir="/nonexistent")
     measured = parse_config(DistillConfig, study.distill_argv(config, study.Run(k, 0, steps), 12))
-    shipped = parse_config(DistillConfig, ["--config", str(REPO / "recipes" / "configs" / f"real_teacher_cpu_k{k}.yaml")])
+    shipped_config = REPO / "recipes" / "configs" / f"real_teacher_cpu_k{k}.yaml"
+    shipped = parse_config(DistillConfig, ["--config", str(shipped_config)])
     bookkeeping = {"output_dir", "resume", "cpu", "relax_rank", "phase_images", "checkpoint_every", "keep_checkpoints",
                    "trajectory_cache", "trajectory_cache_dtype"}
     differ = {name: (getattr(measured, name), getattr(shipped, name)) for name in vars(measured)
