@@ -437,21 +437,28 @@ def write_doc_table(doc: Path, table: str, summary: str) -> None:
     doc.write_text(text)
 
 
+def coverage_summary(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The sentence above the table: how many pass, on which versions, date, cores and the command."""
+    passed = sum(row["passed"] for row in rows)
+    return (f"{passed} of {len(rows)} architectures ({100 * passed / max(len(rows), 1):.1f}%) pass every check "
+            f"(timm {meta['timm']}, torch {meta['torch']}, {meta['date']}, {meta['cpu_count']} CPU cores, "
+            f"{meta['check_seconds_total'] / 60:.0f} min of checks; `{meta['command'].strip()}`).")
+
+
+def publish(summary: str, table: str, args: argparse.Namespace) -> None:
+    """Print the summary and the table, and write them into the doc unless --no-doc."""
+    print(summary)
+    print(table)
+    if not args.no_doc:
+        write_doc_table(Path(args.doc), table, summary)
+
+
 def report_finished_run(results: Path, selected: set[str], args: argparse.Namespace) -> int:
     """``--report-only`` after a run that finished (its journal is gone): the table of the selected rows of its
     coverage.json, with the run's own metadata; the JSON is left as the run wrote it."""
     stored = json.loads(results.read_text())
     rows = [row for row in stored["results"] if row["arch"] in selected]
-    meta = stored["meta"]
-    passed = sum(row["passed"] for row in rows)
-    summary = (f"{passed} of {len(rows)} architectures ({100 * passed / max(len(rows), 1):.1f}%) pass every check "
-               f"(timm {meta['timm']}, torch {meta['torch']}, {meta['date']}, {meta['cpu_count']} CPU cores, "
-               f"{meta['check_seconds_total'] / 60:.0f} min of checks; `{meta['command'].strip()}`).")
-    table = coverage_table(rows)
-    print(summary)
-    print(table)
-    if not args.no_doc:
-        write_doc_table(Path(args.doc), table, summary)
+    publish(coverage_summary(rows, stored["meta"]), coverage_table(rows), args)
     print(f"read {results}" + ("" if args.no_doc else f"; wrote the table in {args.doc}"))
     return 0
 
@@ -525,14 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = coverage_table(rows)
     partial = (f"PARTIAL: {len(rows)} of the {num_selected} selected architectures checked so far (run "
                f"`python benchmarks/coverage.py` again to check the rest). " if len(rows) < num_selected else "")
-    summary = partial + (
-        f"{passed} of {len(rows)} architectures ({100 * passed / len(rows):.1f}%) pass every check (timm "
-        f"{timm.__version__}, torch {torch.__version__}, {meta['date']}, {meta['cpu_count']} CPU cores, "
-        f"{meta['check_seconds_total'] / 60:.0f} min of checks; `{meta['command'].strip()}`).")
-    print(summary)
-    print(table)
-    if not args.no_doc:
-        write_doc_table(Path(args.doc), table, summary)
+    publish(partial + coverage_summary(rows, meta), table, args)
     if len(rows) == num_selected:
         journal.unlink()
     print(f'wrote {out / "coverage.json"}' + ("" if args.no_doc else f" and the table in {args.doc}"))
